@@ -1,0 +1,166 @@
+"""Every configuration key, its default and what it means.
+
+A YAML file (`--config_file`) and `KEY VALUE` pairs on the command line override these defaults;
+`config.load_config` merges both and validates the result (`config/validate.py`).
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------
+# MODEL
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# 'auto' = CUDA when available, else CPU; or an explicit torch device string ('cpu', 'cuda', 'cuda:1').
+_C.MODEL.DEVICE = 'auto'
+# open_clip architecture name: 'ViT-B-16' (the published recipe), any open_clip ViT, or 'ViT-Tiny-16'
+# (a tiny randomly initialised ViT-B-16-shaped model for the demo and the tests).
+_C.MODEL.NAME = 'ViT-B-16'
+# Local OpenAI CLIP checkpoint (TorchScript archive or state dict). Empty: open_clip's own resolution of
+# the 'openai' pretrained tag (its cache, or a download when online).
+_C.MODEL.PRETRAIN_PATH = ''
+# Stride of the patch embedding [height, width]; smaller than the patch size gives overlapping patches
+# (the seed's commands use [12, 12]).
+_C.MODEL.STRIDE_SIZE = [16, 16]
+# Side-information embedding (SIE) added to the class token: a learnable table per camera, per view or
+# per (camera, view), scaled by SIE_COE.
+_C.MODEL.SIE_CAMERA = False
+_C.MODEL.SIE_VIEW = False
+_C.MODEL.SIE_COE = 3.0
+# Prompt templates; consecutive 'X' words are replaced by learnable per-identity context vectors.
+# The number of fixed tokens before them is derived from the template.
+# 'all' text view (single-prompt CLIP-ReID), 'sky' view (drone images), 'ground' view.
+_C.MODEL.PROMPT_TEMPLATE = 'A photo of a X X X X person.'
+_C.MODEL.PROMPT_TEMPLATE_SKY = 'A sky photo of a X X X X person.'
+_C.MODEL.PROMPT_TEMPLATE_GROUND = 'A ground photo of a X X X X person.'
+# Stage-2 loss = ID_LOSS_WEIGHT * ID + TRIPLET_LOSS_WEIGHT * triplet + sum of image-to-text terms.
+_C.MODEL.ID_LOSS_WEIGHT = 0.25
+_C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+# Label smoothing (epsilon 0.1) for the ID and image-to-text cross-entropies: 'on' or 'off'.
+_C.MODEL.IF_LABELSMOOTH = 'on'
+# Image-to-text terms, one per position in these three tuples: cross-entropy of the images of view
+# I2T_IMAGE_VIEWS[i] ('all', 'sky', 'ground') against the per-identity text features of text view
+# I2T_TEXT_VIEWS[i] ('all' = PROMPT_TEMPLATE, 'sky', 'ground'), weighted by I2T_LOSS_WEIGHTS[i].
+# Stage 1 learns the text views that have a non-zero weight. The defaults are the published MSP terms:
+# all images vs ground text (1.0), ground images vs sky text (0.1), single prompt (0.0).
+# CLIP-ReID baseline: ('all',), ('all',), (1.0,). No-text baseline: all weights 0 (stage 1 skipped).
+_C.MODEL.I2T_TEXT_VIEWS = ('ground', 'sky', 'all')
+_C.MODEL.I2T_IMAGE_VIEWS = ('all', 'ground', 'all')
+_C.MODEL.I2T_LOSS_WEIGHTS = (1.0, 0.1, 0.0)
+
+# ---------------------------------------------------------------------------------------------
+# INPUT
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Image size [height, width] for training and for testing.
+_C.INPUT.SIZE_TRAIN = [256, 128]
+_C.INPUT.SIZE_TEST = [256, 128]
+# Horizontal-flip probability, random-erasing probability and padding before the random crop.
+_C.INPUT.PROB = 0.5
+_C.INPUT.RE_PROB = 0.5
+_C.INPUT.PADDING = 10
+# Normalisation (CLIP's statistics).
+_C.INPUT.PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_C.INPUT.PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# ---------------------------------------------------------------------------------------------
+# DATASETS
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# 'mssl', 'agreid' (AG-ReID v1) or 'market1501'.
+_C.DATASETS.NAMES = 'mssl'
+# Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query).
+_C.DATASETS.ROOT_DIR = 'data/mssl'
+
+# ---------------------------------------------------------------------------------------------
+# DATALOADER
+# ---------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per data loader (0 = load in the main process).
+_C.DATALOADER.NUM_WORKERS = 8
+# K, the images per identity in a P x K training batch (P = SOLVER.STAGE2.IMS_PER_BATCH / K).
+_C.DATALOADER.NUM_INSTANCE = 4
+# False: an unreadable image stops the run naming the file. True: it is skipped and counted.
+_C.DATALOADER.SKIP_BAD_IMAGES = False
+
+# ---------------------------------------------------------------------------------------------
+# SOLVER
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Seed of every random number generator (model init, sampler, augmentation).
+_C.SOLVER.SEED = 1234
+# Mixed precision on CUDA: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'off'.
+# Always off on CPU.
+_C.SOLVER.AMP = 'auto'
+
+# Stage 1: per-identity prompt learning, one text view at a time; encoders frozen; stepped per epoch.
+_C.SOLVER.STAGE1 = CN()
+_C.SOLVER.STAGE1.IMS_PER_BATCH = 64
+# 'Adam', 'AdamW' or 'SGD'.
+_C.SOLVER.STAGE1.OPTIMIZER_NAME = 'Adam'
+_C.SOLVER.STAGE1.BASE_LR = 0.00035
+_C.SOLVER.STAGE1.WEIGHT_DECAY = 1e-4
+# Epochs per text view; cosine schedule from BASE_LR to LR_MIN after a linear warm-up of WARMUP_EPOCHS
+# from WARMUP_LR_INIT.
+_C.SOLVER.STAGE1.MAX_EPOCHS = 120
+_C.SOLVER.STAGE1.WARMUP_EPOCHS = 5
+_C.SOLVER.STAGE1.WARMUP_LR_INIT = 0.00001
+_C.SOLVER.STAGE1.LR_MIN = 1e-6
+# Log every LOG_PERIOD iterations.
+_C.SOLVER.STAGE1.LOG_PERIOD = 50
+
+# Stage 2: re-ID fine-tuning of the image tower; stepped per epoch.
+_C.SOLVER.STAGE2 = CN()
+_C.SOLVER.STAGE2.IMS_PER_BATCH = 64
+_C.SOLVER.STAGE2.OPTIMIZER_NAME = 'Adam'
+_C.SOLVER.STAGE2.BASE_LR = 0.00001
+# SGD momentum (unused by Adam/AdamW).
+_C.SOLVER.STAGE2.MOMENTUM = 0.9
+_C.SOLVER.STAGE2.WEIGHT_DECAY = 1e-4
+# Biases get BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS.
+_C.SOLVER.STAGE2.BIAS_LR_FACTOR = 2.0
+_C.SOLVER.STAGE2.WEIGHT_DECAY_BIAS = 1e-4
+# Triplet margin.
+_C.SOLVER.STAGE2.MARGIN = 0.3
+_C.SOLVER.STAGE2.MAX_EPOCHS = 60
+# Multi-step decay: the LR is multiplied by GAMMA at each epoch in STEPS, after a warm-up of
+# WARMUP_EPOCHS ('linear' from WARMUP_FACTOR * BASE_LR, or 'constant' at it).
+_C.SOLVER.STAGE2.STEPS = [30, 50]
+_C.SOLVER.STAGE2.GAMMA = 0.1
+_C.SOLVER.STAGE2.WARMUP_FACTOR = 0.1
+_C.SOLVER.STAGE2.WARMUP_EPOCHS = 10
+_C.SOLVER.STAGE2.WARMUP_METHOD = 'linear'
+# Save a checkpoint every CHECKPOINT_PERIOD epochs (and after the last), log every LOG_PERIOD
+# iterations, evaluate every EVAL_PERIOD epochs (and after the last).
+_C.SOLVER.STAGE2.CHECKPOINT_PERIOD = 60
+_C.SOLVER.STAGE2.LOG_PERIOD = 50
+_C.SOLVER.STAGE2.EVAL_PERIOD = 5
+
+# ---------------------------------------------------------------------------------------------
+# TEST
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.IMS_PER_BATCH = 64
+# Re-ID checkpoint to evaluate (test_clipreid.py); '' = the CLIP backbone without re-ID training.
+_C.TEST.WEIGHT = ''
+# 'S2G' (sky queries), 'G2S' (ground queries), 'DDC' (all queries) or 'ALL' (the three, one extraction).
+_C.TEST.EVAL_MODE = 'ALL'
+# Test feature: last-block and projected class tokens concatenated, 'before' or 'after' the BN necks.
+_C.TEST.NECK_FEAT = 'before'
+# L2-normalise the test features before ranking.
+_C.TEST.FEAT_NORM = True
+# k-reciprocal re-ranking of the distances, with its k1, k2 and lambda.
+_C.TEST.RE_RANKING = False
+_C.TEST.RE_RANKING_K1 = 20
+_C.TEST.RE_RANKING_K2 = 6
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
+_C.TEST.SAVE_FEATURES = False
+
+# ---------------------------------------------------------------------------------------------
+# Where logs, stage-1 text features, checkpoints and results go.
+_C.OUTPUT_DIR = 'logs/mssl_msp'
+
+
+def get_defaults() -> CN:
+    return _C.clone()

@@ -1,0 +1,190 @@
+"""Dataset base classes: split folders -> item lists, per-view training subsets, eval splits."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Hashable
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import to_tensor
+
+from utils.errors import UserError
+
+Item = tuple[str, int, int, int]  # (img_path, pid, camid, viewid)
+
+GROUND = 0
+SKY = 1
+VIEW_NAMES = {GROUND: 'ground', SKY: 'sky'}
+EVAL_MODES = ('S2G', 'G2S', 'DDC')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+TRAIN_VIEW_FOLDERS = {GROUND: 'bounding_box_train_ground', SKY: 'bounding_box_train_air'}
+
+logger = logging.getLogger(__name__)
+
+
+def list_image_files(folder: str) -> list[str]:
+    """Sorted paths of the image files directly inside `folder` (hidden files and subfolders ignored)."""
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries
+                 if e.is_file() and not e.name.startswith('.') and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    return [os.path.join(folder, name) for name in sorted(names)]
+
+
+def check_root(root: str) -> str:
+    if not os.path.isdir(root):
+        raise UserError(f"DATASETS.ROOT_DIR '{root}' does not exist")
+    return root
+
+
+class ReIDDataset:
+    """A re-ID dataset: `train`, `query`, `gallery` item lists plus per-mode evaluation splits.
+
+    Subclasses implement `parse_name` and call `_read_split` / `_finish` from their constructor.
+    Train pids are relabelled to 0..N-1 in sorted order of the original pid; query/gallery keep theirs.
+    """
+
+    name: str = 'reid'
+    supported_modes: tuple[str, ...] = ()
+    num_train_views: int = 2
+
+    train: list[Item]
+    query: list[Item]
+    gallery: list[Item]
+    train_by_view: dict[int, list[Item]]
+    num_train_pids: int
+    num_train_cams: int
+
+    @staticmethod
+    def parse_name(filename: str) -> tuple[Hashable, int, int]:
+        """(raw pid, camid, viewid) from a file name; raw pid -1 marks a junk image."""
+        raise NotImplementedError
+
+    def __init__(self, root: str):
+        self.root = check_root(root)
+        self._eval_splits: dict[str, tuple[list[Item], list[Item]]] = {}
+
+    def _read_split(self, folder: str, required: bool = True,
+                    parse: Callable[[str], tuple[Hashable, int, int]] | None = None) -> list | None:
+        """Items of one split folder with raw pids, junk skipped; None when optional and absent."""
+        path = os.path.join(self.root, folder)
+        if not os.path.isdir(path):
+            if required:
+                raise UserError(f"dataset folder '{path}' does not exist ({self.name} needs it under DATASETS.ROOT_DIR)")
+            return None
+        parse = parse or self.parse_name
+        items = []
+        for img_path in list_image_files(path):
+            pid, camid, viewid = parse(os.path.basename(img_path))
+            if pid == -1:
+                continue
+            items.append((img_path, pid, camid, viewid))
+        if not items:
+            raise UserError(f"dataset folder '{path}' contains no usable images")
+        return items
+
+    def _finish(self, train_raw: list, query: list[Item], gallery: list[Item],
+                eval_splits: dict[str, tuple[list[Item], list[Item]]]) -> None:
+        """Relabel train, build train_by_view, check eval splits and set the counts."""
+        pid2label = {pid: label for label, pid in enumerate(sorted({item[1] for item in train_raw}))}
+        self.train = [(path, pid2label[pid], camid, viewid) for path, pid, camid, viewid in train_raw]
+        self.query = query
+        self.gallery = gallery
+        self.train_by_view = self._build_train_by_view(pid2label)
+        self.num_train_pids = len(pid2label)
+        all_items = self.train + self.query + self.gallery
+        self.num_train_cams = max(item[2] for item in all_items) + 1
+        self._eval_splits = eval_splits
+
+    def _build_train_by_view(self, pid2label: dict) -> dict[int, list[Item]]:
+        by_view = {}
+        for view, folder in TRAIN_VIEW_FOLDERS.items():
+            raw = self._read_split(folder, required=False)
+            if raw is None:
+                by_view[view] = [item for item in self.train if item[3] == view]
+                continue
+            items = []
+            for path, pid, camid, _ in raw:
+                if pid not in pid2label:
+                    raise UserError(f"'{path}' in {folder} has identity {pid}, which is not in bounding_box_train")
+                # The folder, not the camera, says which view these images stand for.
+                items.append((path, pid2label[pid], camid, view))
+            by_view[view] = items
+        return by_view
+
+    def eval_split(self, mode: str) -> tuple[list[Item], list[Item]]:
+        """(query items, gallery items) of an evaluation mode: 'S2G', 'G2S' or 'DDC'."""
+        if mode not in EVAL_MODES:
+            raise UserError(f"TEST.EVAL_MODE '{mode}' is unknown; choose one of {', '.join(EVAL_MODES)} (or ALL)")
+        if mode not in self.supported_modes:
+            raise UserError(f"dataset '{self.name}' supports the eval modes {', '.join(self.supported_modes)}, "
+                            f"not '{mode}'")
+        query, gallery = self._eval_splits[mode]
+        if not query or not gallery:
+            which = 'query' if not query else 'gallery'
+            raise UserError(f"dataset '{self.name}' has no {which} images for eval mode {mode}")
+        return list(query), list(gallery)
+
+    def statistics_table(self) -> str:
+        """Per split (and per view within it): #ids, #images, #cameras, as a multi-line string."""
+        rows = []
+        for split, items in (('train', self.train), ('query', self.query), ('gallery', self.gallery)):
+            rows.append((split, items))
+            for view, view_name in VIEW_NAMES.items():
+                rows.append((f'  {view_name}', [item for item in items if item[3] == view]))
+        header = f"{'subset':<10}| {'# ids':>6} | {'# images':>9} | {'# cameras':>9}"
+        rule = '-' * len(header)
+        lines = [f"Dataset statistics ({self.name}):", rule, header, rule]
+        for label, items in rows:
+            num_ids = len({item[1] for item in items})
+            num_cams = len({item[2] for item in items})
+            lines.append(f"{label:<10}| {num_ids:>6} | {len(items):>9} | {num_cams:>9}")
+        lines.append(rule)
+        return '\n'.join(lines)
+
+
+def read_image(path: str) -> Image.Image:
+    """An RGB PIL image; an unreadable file raises UserError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert('RGB')
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"cannot read image '{path}': {reason}") from err
+
+
+class ImageDataset(Dataset):
+    """Items -> (img_tensor, pid, camid, viewid, path).
+
+    With skip_bad_images, an unreadable image is replaced by the next readable item and its path is
+    recorded in `bad_paths` (per process: DataLoader workers keep their own copies).
+    """
+
+    def __init__(self, items: list[Item], transform: Callable | None = None, skip_bad_images: bool = False):
+        self.items = list(items)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+        self.bad_paths: set[str] = set()
+
+    @property
+    def num_bad_images(self) -> int:
+        return len(self.bad_paths)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.items)):
+            path, pid, camid, viewid = self.items[(index + offset) % len(self.items)]
+            try:
+                img = read_image(path)
+            except UserError as err:
+                if not self.skip_bad_images:
+                    raise
+                if path not in self.bad_paths:
+                    self.bad_paths.add(path)
+                    logger.warning("skipping a bad image: %s", err)
+                continue
+            img = self.transform(img) if self.transform is not None else to_tensor(img)
+            return img, pid, camid, viewid, path
+        raise UserError(f"none of the {len(self.items)} images of this dataset can be read")

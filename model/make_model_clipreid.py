@@ -1,0 +1,179 @@
+"""The re-ID model: CLIP image tower with BNNeck heads, plus per-view prompt learners for stage 1."""
+import logging
+from typing import Dict, Iterable, Optional
+
+import torch
+from torch import nn
+
+from model.clip_loader import build_clip, load_clip
+from model.image_encoder import ReIDImageEncoder
+from model.text_encoder import PromptLearner, TextEncoder
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# text view -> config key of its prompt template
+TEMPLATE_KEYS = {
+    'sky': 'PROMPT_TEMPLATE_SKY',
+    'ground': 'PROMPT_TEMPLATE_GROUND',
+    'all': 'PROMPT_TEMPLATE',
+}
+IMAGE_PREFIXES = ('image_encoder.', 'bottleneck.', 'bottleneck_proj.', 'classifier.', 'classifier_proj.')
+CLASSIFIER_PREFIXES = ('classifier.', 'classifier_proj.')
+SIE_KEY = 'image_encoder.sie_embed'
+POS_KEY = 'image_encoder.positional_embedding'
+
+
+def _bnneck(dim: int) -> nn.BatchNorm1d:
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+def _classifier(dim: int, num_classes: int) -> nn.Linear:
+    linear = nn.Linear(dim, num_classes, bias=False)
+    nn.init.normal_(linear.weight, std=0.001)
+    return linear
+
+
+class ReIDModel(nn.Module):
+    def __init__(self, clip_model: nn.Module, num_classes: int, camera_num: int = 0, view_num: int = 0,
+                 image_size=(256, 128), stride=(16, 16), sie_camera: bool = False, sie_view: bool = False,
+                 sie_coe: float = 3.0, neck_feat: str = 'before', prompt_templates: Optional[Dict[str, str]] = None,
+                 model_name: str = ''):
+        super().__init__()
+        if neck_feat not in ('before', 'after'):
+            raise UserError(f"TEST.NECK_FEAT '{neck_feat}' must be 'before' or 'after'")
+        self.model_name = model_name
+        self.num_classes = num_classes
+        self.neck_feat = neck_feat
+        self.image_encoder = ReIDImageEncoder(clip_model.visual, image_size=image_size, stride=stride,
+                                              camera_num=camera_num, view_num=view_num, sie_coe=sie_coe,
+                                              sie_camera=sie_camera, sie_view=sie_view)
+        width, embed_dim = self.image_encoder.width, self.image_encoder.embed_dim
+        self.bottleneck = _bnneck(width)
+        self.bottleneck_proj = _bnneck(embed_dim)
+        self.classifier = _classifier(width, num_classes)
+        self.classifier_proj = _classifier(embed_dim, num_classes)
+
+        prompt_templates = prompt_templates or {}
+        if prompt_templates:
+            self.text_encoder = TextEncoder(clip_model)
+            self.prompt_learners = nn.ModuleDict({
+                view: PromptLearner(num_classes, template, clip_model, config_key=f'MODEL.{TEMPLATE_KEYS[view]}')
+                for view, template in prompt_templates.items()})
+        else:
+            self.text_encoder = None
+            self.prompt_learners = nn.ModuleDict()
+
+    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                view_label: Optional[torch.Tensor] = None):
+        penultimate, feat, proj = self.image_encoder(x, cam_label, view_label)
+        feat_bn = self.bottleneck(feat)
+        proj_bn = self.bottleneck_proj(proj)
+        if self.training:
+            return {
+                'cls_scores': [self.classifier(feat_bn), self.classifier_proj(proj_bn)],
+                'feats': [penultimate, feat, proj],
+                'proj': proj,
+            }
+        if self.neck_feat == 'after':
+            return torch.cat([feat_bn, proj_bn], dim=1)
+        return torch.cat([feat, proj], dim=1)
+
+    def encode_image_proj(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                          view_label: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Projected image features [B, embed_dim] (stage 1).
+
+        Without labels the SIE table is left out even when enabled: stage 1 (as in CLIP-ReID) learns prompts
+        against plain CLIP features, before the table is trained.
+        """
+        use_sie = cam_label is not None or view_label is not None
+        return self.image_encoder(x, cam_label, view_label, use_sie=use_sie)[2]
+
+    def text_features(self, view: str, labels: torch.Tensor) -> torch.Tensor:
+        """Text features [B, embed_dim] of the identities `labels` under the prompt of `view`."""
+        if view not in self.prompt_learners:
+            raise ValueError(f"no prompt learner for text view '{view}'; built: {sorted(self.prompt_learners)}")
+        learner = self.prompt_learners[view]
+        return self.text_encoder(learner(labels), learner.tokenized)
+
+    def image_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Weights of the image side only: what a re-ID checkpoint stores."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(IMAGE_PREFIXES)}
+
+    def _sie_hint(self, rows: int) -> str:
+        cams, views = self.image_encoder.camera_num, self.image_encoder.view_num
+        options = [(cams * views, 'MODEL.SIE_CAMERA True MODEL.SIE_VIEW True'),
+                   (cams, 'MODEL.SIE_CAMERA True MODEL.SIE_VIEW False'),
+                   (views, 'MODEL.SIE_CAMERA False MODEL.SIE_VIEW True')]
+        for count, override in options:
+            if count == rows:
+                return f'pass {override}'
+        return (f'its {rows} rows fit neither this dataset\'s {cams} cameras nor {views} views: '
+                f'use the dataset it was trained on')
+
+    def load_image_state_dict(self, state_dict: Dict[str, torch.Tensor], for_test: bool = True) -> None:
+        """Load a re-ID checkpoint's image side; classifiers of another identity count are skipped for testing."""
+        sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+        sd = {k: v for k, v in sd.items() if k.startswith(IMAGE_PREFIXES)}
+        if not sd:
+            raise UserError('the checkpoint holds no re-ID image weights (no image_encoder.* keys)')
+        own = self.image_state_dict()
+        encoder = self.image_encoder
+
+        has_sie, wants_sie = SIE_KEY in sd, SIE_KEY in own
+        if has_sie and not wants_sie:
+            raise UserError(f'checkpoint has an SIE table but MODEL.SIE_CAMERA and MODEL.SIE_VIEW are False: '
+                            f'{self._sie_hint(sd[SIE_KEY].shape[0])}')
+        if wants_sie and not has_sie:
+            raise UserError(f'checkpoint has no SIE table but MODEL.SIE_CAMERA is {encoder.sie_camera} and '
+                            f'MODEL.SIE_VIEW is {encoder.sie_view}: pass MODEL.SIE_CAMERA False MODEL.SIE_VIEW False')
+        if has_sie and sd[SIE_KEY].shape != own[SIE_KEY].shape:
+            raise UserError(f'checkpoint SIE table has {sd[SIE_KEY].shape[0]} rows, the model expects '
+                            f'{own[SIE_KEY].shape[0]} (MODEL.SIE_CAMERA {encoder.sie_camera}, MODEL.SIE_VIEW '
+                            f'{encoder.sie_view}): {self._sie_hint(sd[SIE_KEY].shape[0])}')
+
+        if POS_KEY in sd and sd[POS_KEY].shape != own[POS_KEY].shape:
+            raise UserError(f'checkpoint has {sd[POS_KEY].shape[0] - 1} patch positions, the model '
+                            f'{own[POS_KEY].shape[0] - 1} ({encoder.grid_size[0]}x{encoder.grid_size[1]}): pass the '
+                            f'INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE it was trained with')
+
+        classifier_keys = [k for k in own if k.startswith(CLASSIFIER_PREFIXES)]
+        if any(k in sd and sd[k].shape != own[k].shape for k in classifier_keys):
+            found = next(sd[k].shape[0] for k in classifier_keys if k in sd)
+            if not for_test:
+                raise UserError(f'checkpoint classifier has {found} identities, the dataset {self.num_classes}')
+            logger.info('checkpoint classifier has %d identities, the dataset %d: classifiers not loaded '
+                        '(not used for testing)', found, self.num_classes)
+            sd = {k: v for k, v in sd.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+            own = {k: v for k, v in own.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if missing or unexpected:
+            raise UserError(f"checkpoint does not fit MODEL.NAME '{self.model_name}': "
+                            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+        wrong = [k for k in own if sd[k].shape != own[k].shape]
+        if wrong:
+            raise UserError(f"checkpoint does not fit MODEL.NAME '{self.model_name}': {wrong[0]} has shape "
+                            f"{list(sd[wrong[0]].shape)}, the model {list(own[wrong[0]].shape)}")
+        self.load_state_dict(sd, strict=False)
+
+
+def make_model(cfg, num_classes: int, camera_num: int, view_num: int, text_views: Iterable[str] = (),
+               load_pretrained: bool = True) -> ReIDModel:
+    """Build the re-ID model; `load_pretrained=False` skips the CLIP weights (a re-ID checkpoint follows)."""
+    text_views = list(dict.fromkeys(text_views))
+    unknown = [v for v in text_views if v not in TEMPLATE_KEYS]
+    if unknown:
+        raise UserError(f"unknown text view '{unknown[0]}'; valid: {', '.join(TEMPLATE_KEYS)}")
+    name = cfg.MODEL.NAME
+    clip_model = load_clip(name, cfg.MODEL.PRETRAIN_PATH) if load_pretrained else build_clip(name)
+    templates = {view: getattr(cfg.MODEL, TEMPLATE_KEYS[view]) for view in text_views}
+    model = ReIDModel(
+        clip_model, num_classes, camera_num=camera_num, view_num=view_num,
+        image_size=cfg.INPUT.SIZE_TRAIN, stride=cfg.MODEL.STRIDE_SIZE,
+        sie_camera=cfg.MODEL.SIE_CAMERA, sie_view=cfg.MODEL.SIE_VIEW, sie_coe=cfg.MODEL.SIE_COE,
+        neck_feat=cfg.TEST.NECK_FEAT, prompt_templates=templates, model_name=name)
+    return model.train()

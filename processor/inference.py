@@ -1,0 +1,106 @@
+"""Feature extraction and protocol evaluation: one extraction serves every requested mode."""
+import json
+import os
+
+import numpy as np
+import torch
+
+from datasets.make_dataloader import make_ordered_loader
+from utils import atomic_io
+from utils.errors import UserError
+from utils.metrics import evaluate
+from utils.reranking import re_ranking
+from utils.device import autocast
+
+
+@torch.no_grad()
+def extract_features(model, loader, device: torch.device, amp_dtype=None) -> torch.Tensor:
+    """Test features of every image of an ordered loader, as float32 on `device`."""
+    model.eval()
+    chunks = []
+    for images, _, camids, viewids, _ in loader:
+        with autocast(device, amp_dtype):
+            feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
+                          view_label=viewids.to(device))
+        chunks.append(feats.float())
+    return torch.cat(chunks)
+
+
+def eval_modes(cfg, dataset) -> list:
+    """The modes TEST.EVAL_MODE asks for, checked against what the dataset supports."""
+    if cfg.TEST.EVAL_MODE == 'ALL':
+        return list(dataset.supported_modes)
+    if cfg.TEST.EVAL_MODE not in dataset.supported_modes:
+        raise UserError(f"TEST.EVAL_MODE = '{cfg.TEST.EVAL_MODE}' is not defined for dataset "
+                        f"'{dataset.name}' (it supports {', '.join(dataset.supported_modes)})")
+    return [cfg.TEST.EVAL_MODE]
+
+
+def _columns(items: list) -> dict:
+    paths, pids, camids, views = zip(*items)
+    return dict(paths=np.array(paths), pids=np.array(pids, dtype=np.int64),
+                camids=np.array(camids, dtype=np.int64), views=np.array(views, dtype=np.int64))
+
+
+def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=None) -> dict:
+    """Extract the union of every mode's query and gallery images once; rank and score each mode.
+
+    Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf'}}.
+    """
+    modes = eval_modes(cfg, dataset)
+    splits = {mode: dataset.eval_split(mode) for mode in modes}
+    index_of = {}
+    for query, gallery in splits.values():
+        for item in (*query, *gallery):
+            index_of.setdefault(item[0], (len(index_of), item))
+    items = [item for _, item in sorted(index_of.values(), key=lambda pair: pair[0])]
+    feats = extract_features(model, make_ordered_loader(cfg, items, device), device, amp_dtype)
+
+    outcome = {}
+    for mode, (query, gallery) in splits.items():
+        q_idx = torch.tensor([index_of[p][0] for p, *_ in query], device=feats.device)
+        g_idx = torch.tensor([index_of[p][0] for p, *_ in gallery], device=feats.device)
+        qf, gf = feats[q_idx], feats[g_idx]
+        q, g = _columns(query), _columns(gallery)
+        distmat = None
+        if cfg.TEST.RE_RANKING:
+            norm = (lambda x: torch.nn.functional.normalize(x, dim=1)) if cfg.TEST.FEAT_NORM else (lambda x: x)
+            distmat = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
+                                 lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+        metrics = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'], g['views'],
+                           mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat)
+        logger.info(format_metrics(metrics))
+        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf)
+    return outcome
+
+
+def format_metrics(metrics: dict) -> str:
+    return (f"{metrics['mode']}: mAP {metrics['mAP']:.1%}  Rank-1 {metrics['rank1']:.1%}  "
+            f"Rank-5 {metrics['rank5']:.1%}  Rank-10 {metrics['rank10']:.1%}  mINP {metrics['mINP']:.1%}  "
+            f"({metrics['num_valid_query']}/{metrics['num_query']} queries, {metrics['num_gallery']} gallery)")
+
+
+def results_record(metrics: dict) -> dict:
+    keys = ('mode', 'mAP', 'rank1', 'rank5', 'rank10', 'mINP', 'num_query', 'num_valid_query', 'num_gallery')
+    record = {key: metrics[key] for key in keys}
+    record['cmc'] = [float(x) for x in metrics['cmc']]
+    return record
+
+
+def write_results(output_dir: str, outcome: dict, save_features: bool) -> list:
+    """results_<MODE>.json for each mode, and features_<MODE>.npz (plain arrays) when asked."""
+    written = []
+    for mode, result in outcome.items():
+        path = os.path.join(output_dir, f'results_{mode}.json')
+        atomic_io.write_text(path, json.dumps(results_record(result['metrics']), indent=1, default=float))
+        written.append(path)
+        if save_features:
+            q, g = result['query'], result['gallery']
+            path = os.path.join(output_dir, f'features_{mode}.npz')
+            atomic_io.savez(path, qf=result['qf'].cpu().numpy(), gf=result['gf'].cpu().numpy(),
+                            q_pids=q['pids'], g_pids=g['pids'], q_camids=q['camids'], g_camids=g['camids'],
+                            q_views=q['views'], g_views=g['views'],
+                            q_paths=q['paths'].astype(str), g_paths=g['paths'].astype(str))
+            written.append(path)
+    return written
+

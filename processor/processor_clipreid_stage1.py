@@ -1,0 +1,154 @@
+"""Stage 1: per-identity prompt learning for each text view, with frozen image and text encoders.
+
+For a text view ('sky', 'ground' or 'all'), the image features of that view's training images are
+extracted once (no augmentation); the view's per-identity context vectors are then trained with the
+symmetric supervised-contrastive image<->text loss. An identity that has no training image of the
+view learns its prompt for that view from its images of the other view (documented fallback), so
+every identity has a text feature in every view.
+
+The learned text features are cached in OUTPUT_DIR/stage1_text_features.pt together with a
+fingerprint of everything they depend on; a matching cache is reused, anything else is rebuilt.
+"""
+import hashlib
+import json
+import os
+
+import torch
+
+from datasets.make_dataloader import VIEW_IDS, make_ordered_loader
+from loss.supcontrast import SupConLoss
+from solver.make_optimizer import make_optimizer_stage1
+from solver.scheduler import CosineWarmupLR
+from utils import atomic_io
+from utils.device import autocast
+
+CACHE_NAME = 'stage1_text_features.pt'
+
+
+def text_views_to_learn(cfg) -> list:
+    """Text views used by an image-to-text term with a non-zero weight, in config order."""
+    views = []
+    for view, weight in zip(cfg.MODEL.I2T_TEXT_VIEWS, cfg.MODEL.I2T_LOSS_WEIGHTS):
+        if weight > 0 and view not in views:
+            views.append(view)
+    return views
+
+
+def stage1_items(train_items: list, view: str) -> list:
+    """The images a view's prompts learn from: that view's images, plus every image of the
+    identities that have none in that view."""
+    if view == 'all':
+        return list(train_items)
+    view_id = VIEW_IDS[view]
+    present = {pid for _, pid, _, item_view in train_items if item_view == view_id}
+    return [item for item in train_items if item[3] == view_id or item[1] not in present]
+
+
+def _template(cfg, view: str) -> str:
+    return {'all': cfg.MODEL.PROMPT_TEMPLATE, 'sky': cfg.MODEL.PROMPT_TEMPLATE_SKY,
+            'ground': cfg.MODEL.PROMPT_TEMPLATE_GROUND}[view]
+
+
+def _pretrained_identity(path: str) -> dict:
+    if not path or not os.path.isfile(path):
+        return {'path': path}
+    stat = os.stat(path)
+    return {'path': os.path.abspath(path), 'size': stat.st_size, 'mtime': int(stat.st_mtime)}
+
+
+def cache_fingerprint(cfg, view: str, items: list) -> str:
+    """Everything a view's text features depend on: backbone, inputs, template, schedule, seed, labels."""
+    labels = sorted((os.path.basename(path), pid) for path, pid, _, _ in items)
+    described = {
+        'view': view, 'template': _template(cfg, view),
+        'model': [cfg.MODEL.NAME, _pretrained_identity(cfg.MODEL.PRETRAIN_PATH), list(cfg.MODEL.STRIDE_SIZE)],
+        'input': [list(cfg.INPUT.SIZE_TEST), list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)],
+        'solver': {key: cfg.SOLVER.STAGE1[key] for key in sorted(cfg.SOLVER.STAGE1) if key != 'LOG_PERIOD'},
+        'seed': cfg.SOLVER.SEED, 'amp': cfg.SOLVER.AMP,
+        'labels': hashlib.sha256(json.dumps(labels).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def load_cache(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        cache = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # a foreign or damaged file is rebuilt, never trusted
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+@torch.no_grad()
+def _image_features(model, cfg, items: list, device, amp_dtype) -> torch.Tensor:
+    chunks = []
+    model.eval()
+    for images, *_ in make_ordered_loader(cfg, items, device):
+        with autocast(device, amp_dtype):
+            chunks.append(model.encode_image_proj(images.to(device)).float())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def _all_text_features(model, view: str, num_classes: int, batch: int, device) -> torch.Tensor:
+    labels = torch.arange(num_classes, device=device)
+    return torch.cat([model.text_features(view, chunk).float() for chunk in labels.split(batch)])
+
+
+def learn_view(cfg, model, view: str, items: list, num_classes: int, device, logger, amp_dtype=None):
+    """Train one view's prompts; returns its text features [num_classes, embed_dim] on the CPU."""
+    image_feats = _image_features(model, cfg, items, device, amp_dtype)
+    labels = torch.tensor([pid for _, pid, _, _ in items], device=device)
+    learner = model.prompt_learners[view]
+    solver = cfg.SOLVER.STAGE1
+    optimizer = make_optimizer_stage1(learner.parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
+                                      solver.OPTIMIZER_NAME)
+    scheduler = CosineWarmupLR(optimizer, max_epochs=solver.MAX_EPOCHS, warmup_epochs=solver.WARMUP_EPOCHS,
+                               warmup_lr_init=solver.WARMUP_LR_INIT, lr_min=solver.LR_MIN)
+    supcon = SupConLoss()
+    generator = torch.Generator().manual_seed(cfg.SOLVER.SEED)
+    learner.train()
+    logger.info(f"Stage 1 [{view}]: {len(items)} images, {labels.unique().numel()} identities, "
+                f"{solver.MAX_EPOCHS} epochs")
+    for epoch in range(1, solver.MAX_EPOCHS + 1):
+        order = torch.randperm(len(items), generator=generator).to(device)
+        total, steps = 0.0, 0
+        for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
+            target = labels[batch]
+            with autocast(device, amp_dtype):
+                text = model.text_features(view, target).float()
+            image = image_feats[batch]
+            loss = supcon(image, text, target, target) + supcon(text, image, target, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            if step % solver.LOG_PERIOD == 0:
+                logger.info(f"Stage 1 [{view}] epoch {epoch} iter {step}: loss {loss.item():.4f}")
+        logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, "
+                    f"lr {scheduler.get_last_lr()[0]:.2e}")
+        scheduler.step()
+    learner.eval()
+    return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu()
+
+
+def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, amp_dtype=None) -> dict:
+    """Text features per learned view {view: [num_classes, embed_dim]}, from the cache when it matches."""
+    path = os.path.join(cfg.OUTPUT_DIR, CACHE_NAME)
+    cache = load_cache(path)
+    features = {}
+    for view in text_views_to_learn(cfg):
+        items = stage1_items(train_items, view)
+        fingerprint = cache_fingerprint(cfg, view, items)
+        cached = cache.get(view)
+        if isinstance(cached, dict) and cached.get('fingerprint') == fingerprint:
+            logger.info(f"Stage 1 [{view}]: reusing the text features cached in {path}")
+            features[view] = cached['text_features']
+            continue
+        if cached is not None:
+            logger.info(f"Stage 1 [{view}]: the cached text features are out of date; rebuilding")
+        features[view] = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
+        cache[view] = {'fingerprint': fingerprint, 'text_features': features[view]}
+        atomic_io.torch_save(cache, path)
+    return features

@@ -1,0 +1,50 @@
+"""Evaluate a re-ID checkpoint (TEST.WEIGHT) in the S2G, G2S, DDC or ALL protocol.
+
+    python test_clipreid.py --config_file configs/person/vit_clipreid.yml TEST.EVAL_MODE S2G TEST.WEIGHT path.pth
+"""
+import os
+import sys
+
+import torch
+
+from model import make_model
+from processor.inference import evaluate_model, write_results
+from utils.cli import Run
+from utils.errors import UserError, exit_on_user_error
+
+
+def load_reid_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"TEST.WEIGHT '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise UserError(f"TEST.WEIGHT '{path}' is not a loadable weights-only checkpoint "
+                        f"({type(err).__name__}); only tensors and plain containers are accepted") from None
+    state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"TEST.WEIGHT '{path}' holds no state dict")
+    return state
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    run = Run(argv, 'Evaluate a CLIP-ReID / MSP re-ID model', 'test_log.txt', 'msp.test')
+    cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
+    weight = cfg.TEST.WEIGHT
+    state = load_reid_checkpoint(weight) if weight else None
+    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+                       load_pretrained=state is None)
+    if state is not None:
+        model.load_image_state_dict(state, for_test=True)
+        logger.info(f"loaded re-ID weights from {weight}")
+    else:
+        logger.info('TEST.WEIGHT is empty: evaluating the CLIP backbone without re-ID training')
+    outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.amp_dtype)
+    for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
+        logger.info(f"wrote {path}")
+    return {mode: result['metrics'] for mode, result in outcome.items()}
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,92 @@
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from config import load_config
+from config.defaults import get_defaults
+from config.validate import RULES, leaf_keys
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_OVERRIDES = ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '0.5', 'MODEL.SIE_VIEW', 'True',
+                  'MODEL.STRIDE_SIZE', '[12, 12]']
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.MODEL.NAME == 'ViT-B-16'
+
+
+def test_every_key_has_a_validation_rule():
+    assert set(leaf_keys(get_defaults())) == set(RULES)
+
+
+def test_every_key_is_read_outside_the_config_package():
+    sources = ''.join(p.read_text() for p in ROOT.rglob('*.py')
+                      if 'config' not in p.parts and 'tests' not in p.parts)
+    unread = [key for key in leaf_keys(get_defaults())
+              if not re.search(rf"\.{key.split('.')[-1]}\b", sources)]
+    assert unread == []
+
+
+def test_published_recipe_with_the_seed_overrides():
+    cfg = load_config(str(ROOT / 'configs/person/vit_clipreid.yml'), SEED_OVERRIDES)
+    assert cfg.MODEL.STRIDE_SIZE == [12, 12]
+    assert cfg.MODEL.SIE_CAMERA and cfg.MODEL.SIE_VIEW and cfg.MODEL.SIE_COE == 0.5
+    assert cfg.SOLVER.STAGE1.MAX_EPOCHS == 120 and cfg.SOLVER.STAGE1.BASE_LR == 3.5e-4
+    assert cfg.SOLVER.STAGE2.MAX_EPOCHS == 60 and list(cfg.SOLVER.STAGE2.STEPS) == [30, 50]
+    assert cfg.SOLVER.STAGE2.IMS_PER_BATCH == 64 and cfg.DATALOADER.NUM_INSTANCE == 4
+    assert tuple(cfg.MODEL.I2T_LOSS_WEIGHTS) == (1.0, 0.1, 0.0)
+
+
+def test_seed_yaml_snippet_pasted_as_written(tmp_path):
+    recipe = (ROOT / 'configs/person/vit_clipreid.yml').read_text()
+    body = recipe[:recipe.index('DATASETS:')]
+    snippet = ("DATASETS:\n  NAMES: ('mssl')\n  ROOT_DIR: ('your_mssl_dataset_dir')\n"
+               "OUTPUT_DIR: 'your_output_dir'\n")
+    path = tmp_path / 'pasted.yml'
+    path.write_text(body + snippet)
+    cfg = load_config(str(path))
+    assert cfg.DATASETS.NAMES == 'mssl'
+    assert cfg.DATASETS.ROOT_DIR == 'your_mssl_dataset_dir'
+    assert cfg.OUTPUT_DIR == 'your_output_dir'
+
+
+@pytest.mark.parametrize('overrides, named', [
+    (['MODEL.NOT_A_KEY', '1'], 'MODEL.NOT_A_KEY'),
+    (['SOLVER.SEED', 'abc'], 'SOLVER.SEED'),
+    (['TEST.EVAL_MODE', 'S2S'], 'TEST.EVAL_MODE'),
+    (['MODEL.STRIDE_SIZE', '[12]'], 'MODEL.STRIDE_SIZE'),
+    (['DATALOADER.NUM_INSTANCE', '5'], 'DATALOADER.NUM_INSTANCE'),
+    (['MODEL.I2T_LOSS_WEIGHTS', '(1.0, 0.1)'], 'MODEL.I2T_LOSS_WEIGHTS'),
+    (['MODEL.I2T_TEXT_VIEWS', "('air', 'sky', 'all')"], 'MODEL.I2T_TEXT_VIEWS'),
+    (['INPUT.RE_PROB', '1.5'], 'INPUT.RE_PROB'),
+    (['SOLVER.STAGE2.STEPS', '[50, 30]'], 'SOLVER.STAGE2.STEPS'),
+    (['DATASETS.NAMES', 'dukemtmc'], 'DATASETS.NAMES'),
+    (['MODEL.PROMPT_TEMPLATE_SKY', 'A sky photo of a person.'], 'MODEL.PROMPT_TEMPLATE_SKY'),
+    (['MODEL.DEVICE', 'gpu'], 'MODEL.DEVICE'),
+    (['OUTPUT_DIR'], 'OUTPUT_DIR'),
+])
+def test_bad_values_name_their_key(overrides, named):
+    with pytest.raises(UserError, match=re.escape(named)):
+        load_config('', overrides)
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match='does not exist'):
+        load_config(str(tmp_path / 'nope.yml'))
+    bad = tmp_path / 'bad.yml'
+    bad.write_text('MODEL:\n  NAME: [unclosed\n')
+    with pytest.raises(UserError, match='not valid YAML'):
+        load_config(str(bad))
+    unknown = tmp_path / 'unknown.yml'
+    unknown.write_text('MODEL:\n  COS_LAYER: True\n')
+    with pytest.raises(UserError, match='unknown config key MODEL.COS_LAYER'):
+        load_config(str(unknown))
+
+
+def test_every_yaml_in_configs_loads():
+    for path in sorted((ROOT / 'configs').rglob('*.yml')):
+        load_config(str(path))

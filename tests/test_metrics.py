@@ -1,0 +1,240 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.errors import UserError
+from utils.metrics import MODES, evaluate, mode_query_mask
+from utils.reranking import re_ranking
+
+DATA = Path(__file__).parent / 'data'
+
+
+# ---------------------------------------------------------------- plain references
+def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode,
+                       max_rank=50):
+    """Per-query loop with a full stable argsort, as the usual Market-style evaluator."""
+    q_attr, g_attr = (q_camids, g_camids) if mode == 'DDC' else (q_views, g_views)
+    cmcs, aps, inps = [], [], []
+    for i in range(len(q_pids)):
+        order = np.argsort(distmat[i], kind='stable')
+        same_pid = g_pids[order] == q_pids[i]
+        keep = ~(same_pid & (g_attr[order] == q_attr[i]))
+        hits = same_pid[keep].astype(np.float64)
+        if hits.sum() == 0:
+            continue
+        cmc = np.minimum(np.cumsum(hits), 1.0)
+        cmc = np.concatenate([cmc, np.ones(max(0, max_rank - len(cmc)))])[:max_rank]
+        cmcs.append(cmc)
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append((precision * hits).sum() / hits.sum())
+        last = np.flatnonzero(hits)[-1]
+        inps.append(hits.sum() / (last + 1))
+    return {'num_valid_query': len(aps), 'mAP': np.mean(aps), 'mINP': np.mean(inps),
+            'cmc': np.mean(cmcs, axis=0)}
+
+
+def squared_distances(qf, gf):
+    return (qf ** 2).sum(1)[:, None] + (gf ** 2).sum(1)[None, :] - 2 * qf @ gf.T
+
+
+def reference_re_ranking(qf, gf, k1, k2, lambda_value):
+    """k-reciprocal re-ranking, written row by row from the paper's description."""
+    feats = np.concatenate([qf, gf]).astype(np.float64)
+    num_query, num_all = len(qf), len(feats)
+    dist = squared_distances(feats, feats)
+    dist = dist / dist.max(axis=1, keepdims=True)
+    rank = np.argsort(dist, axis=1, kind='stable')
+
+    def reciprocal(i, k):
+        return [j for j in rank[i, :k + 1] if i in rank[j, :k + 1]]
+
+    weights = np.zeros((num_all, num_all))
+    for i in range(num_all):
+        base = reciprocal(i, k1)
+        expanded = set(base)
+        for c in base:
+            half_set = reciprocal(c, int(round(k1 / 2)))
+            if len(set(half_set) & set(base)) > 2 / 3 * len(half_set):
+                expanded |= set(half_set)
+        members = sorted(expanded)
+        w = np.exp(-dist[i, members])
+        weights[i, members] = w / w.sum()
+    if k2 > 1:
+        weights = np.stack([weights[rank[i, :k2]].mean(axis=0) for i in range(num_all)])
+    overlap = np.minimum(weights[:num_query, None, :], weights[None, num_query:, :]).sum(2)
+    jaccard = 1 - overlap / (2 - overlap)
+    return (1 - lambda_value) * jaccard + lambda_value * dist[:num_query, num_query:]
+
+
+def random_protocol(rng, num_query, num_gallery, num_ids, dim, int_range=0):
+    """Random ids/cams/views (view decided by camera) and features; some query ids absent.
+
+    int_range > 0: integer features in [-int_range, int_range], so that float32 distances are
+    exact and equal distances really tie; the last 10 gallery rows then duplicate the first 10
+    under other ids, so the tie order changes the metrics. (With real-valued features a BLAS
+    matmul need not give duplicate columns bit-identical distances, so duplicates there keep
+    their id and camera, as in the protocol vectors.)
+    """
+    q_pids = rng.integers(0, num_ids + 3, num_query)  # ids >= num_ids never in the gallery
+    g_pids = rng.integers(0, num_ids, num_gallery)
+    q_cams, g_cams = rng.integers(0, 6, num_query), rng.integers(0, 6, num_gallery)
+    if int_range:
+        qf = rng.integers(-int_range, int_range + 1, (num_query, dim)).astype(np.float32)
+        gf = rng.integers(-int_range, int_range + 1, (num_gallery, dim)).astype(np.float32)
+    else:
+        qf, gf = rng.standard_normal((num_query, dim)), rng.standard_normal((num_gallery, dim))
+        g_pids[-10:], g_cams[-10:] = g_pids[:10], g_cams[:10]
+    gf[-10:] = gf[:10]
+    q_views, g_views = (q_cams < 3).astype(np.int64), (g_cams < 3).astype(np.int64)
+    return qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views
+
+
+def assert_same(result, expected, tol=1e-6):
+    assert result['num_valid_query'] == expected['num_valid_query']
+    assert result['mAP'] == pytest.approx(expected['mAP'], abs=tol)
+    assert result['mINP'] == pytest.approx(expected['mINP'], abs=tol)
+    np.testing.assert_allclose(result['cmc'], expected['cmc'], atol=tol, rtol=0)
+
+
+# ---------------------------------------------------------------- published figures
+@pytest.mark.parametrize('mode', MODES)
+def test_matches_published_evaluator_on_protocol_vectors(mode):
+    arrays = np.load(DATA / 'mssl_protocols.npz')
+    expected = json.loads((DATA / 'expected.json').read_text())[mode]
+    keep = mode_query_mask(mode, arrays['q_views'])
+    result = evaluate(arrays['qf'][keep], arrays['gf'], arrays['q_pids'][keep], arrays['g_pids'],
+                      arrays['q_camids'][keep], arrays['g_camids'], arrays['q_views'][keep],
+                      arrays['g_views'], mode, chunk_size=37)
+    assert result['num_query'] == expected['num_query']
+    assert result['num_valid_query'] == expected['num_valid_query']
+    assert result['mAP'] == pytest.approx(expected['mAP'], abs=1e-6)
+    assert result['mINP'] == pytest.approx(expected['mINP'], abs=1e-6)
+    np.testing.assert_allclose(result['cmc'][:10], expected['cmc_rank1_to_10'], atol=1e-6, rtol=0)
+    assert result['rank1'] == pytest.approx(expected['cmc_rank1_to_10'][0], abs=1e-6)
+    assert result['num_gallery'] == len(arrays['g_pids'])
+
+
+def test_mode_query_mask():
+    views = np.array([0, 1, 1, 0])
+    assert mode_query_mask('S2G', views).tolist() == [False, True, True, False]
+    assert mode_query_mask('G2S', torch.tensor(views)).tolist() == [True, False, False, True]
+    assert mode_query_mask('DDC', views).all()
+
+
+# ---------------------------------------------------------------- plain reference, random data
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('integer', [False, True], ids=['float', 'int-ties'])
+def test_matches_plain_reference(mode, integer):
+    rng = np.random.default_rng(7 + integer)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=60, num_gallery=45, num_ids=12, dim=6, int_range=2 if integer else 0)
+    keep = mode_query_mask(mode, q_views)
+    args = (q_pids[keep], g_pids, q_cams[keep], g_cams, q_views[keep], g_views)
+    if integer:  # feat_norm False keeps the integer distances exact in float32
+        result = evaluate(qf[keep], gf, *args, mode, chunk_size=8, feat_norm=False)
+        distmat = squared_distances(qf[keep].astype(np.float64), gf.astype(np.float64))
+    else:
+        result = evaluate(torch.from_numpy(qf[keep]), torch.from_numpy(gf), *args, mode,
+                          chunk_size=8)
+        qn = qf[keep] / np.linalg.norm(qf[keep], axis=1, keepdims=True)
+        gn = gf / np.linalg.norm(gf, axis=1, keepdims=True)
+        distmat = squared_distances(qn, gn)
+    expected = reference_evaluate(distmat, *args, mode)
+    assert 0 < expected['num_valid_query'] < keep.sum()  # some queries are skipped
+    assert result['num_query'] == keep.sum()
+    assert len(result['cmc']) == 50  # gallery shorter than max_rank: padded
+    assert_same(result, expected)
+
+
+def test_mixed_tie_and_untied_rows_and_max_rank():
+    """Occasional exact ties (duplicate rows) amid distinct distances, torch label inputs."""
+    rng = np.random.default_rng(3)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=40, num_gallery=300, num_ids=20, dim=16, int_range=30)
+    qf[:5] = gf[:5]  # some queries sit exactly on duplicated gallery rows
+    result = evaluate(qf, gf, torch.from_numpy(q_pids), torch.from_numpy(g_pids), q_cams, g_cams,
+                      q_views, g_views, 'DDC', max_rank=20, chunk_size=16, feat_norm=False)
+    distmat = squared_distances(qf.astype(np.float64), gf.astype(np.float64))
+    expected = reference_evaluate(distmat, q_pids, g_pids, q_cams, g_cams, q_views, g_views,
+                                  'DDC', max_rank=20)
+    assert len(result['cmc']) == 20
+    assert result['rank10'] == pytest.approx(expected['cmc'][9], abs=1e-6)
+    assert_same(result, expected)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_distmat_path(mode):
+    rng = np.random.default_rng(11)
+    _, _, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=50, num_gallery=70, num_ids=10, dim=4)
+    distmat = rng.random((50, 70))
+    distmat[:, 60:] = distmat[:, :10]  # exact ties in a precomputed matrix
+    result = evaluate(None, None, q_pids, g_pids, q_cams, g_cams, q_views, g_views, mode,
+                      chunk_size=9, distmat=torch.from_numpy(distmat))
+    expected = reference_evaluate(distmat, q_pids, g_pids, q_cams, g_cams, q_views, g_views, mode)
+    assert_same(result, expected)
+
+
+def test_feat_norm_changes_result_and_false_uses_raw_distances():
+    rng = np.random.default_rng(5)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=30, num_gallery=60, num_ids=8, dim=5)
+    scale = rng.uniform(0.1, 10.0, (60, 1))
+    gf = gf * scale  # norms now matter
+    args = (q_pids, g_pids, q_cams, g_cams, q_views, g_views, 'DDC')
+    raw = evaluate(qf, gf, *args, feat_norm=False, chunk_size=7)
+    normed = evaluate(qf, gf, *args, feat_norm=True, chunk_size=7)
+    assert_same(raw, reference_evaluate(squared_distances(qf, gf), *args))
+    assert raw['mAP'] != pytest.approx(normed['mAP'], abs=1e-6)
+
+
+def test_errors():
+    rng = np.random.default_rng(0)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=10, num_gallery=20, num_ids=5, dim=4)
+    with pytest.raises(UserError, match='XYZ'):
+        evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views, 'XYZ')
+    with pytest.raises(UserError, match='XYZ'):
+        mode_query_mask('XYZ', q_views)
+    with pytest.raises(UserError, match='no query of mode G2S'):
+        evaluate(qf, gf, q_pids + 100, g_pids, q_cams, g_cams, q_views, g_views, 'G2S')
+    qf[0, 0] = np.nan
+    with pytest.raises(UserError, match='NaN'):
+        evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views, 'DDC')
+
+
+# ---------------------------------------------------------------- re-ranking
+@pytest.mark.parametrize('k1,k2,chunk_size,pair_budget', [(20, 6, 32, 1 << 24), (7, 1, 13, 97),
+                                                          (9, 3, 1000, 5)])
+def test_re_ranking_matches_reference(k1, k2, chunk_size, pair_budget):
+    rng = np.random.default_rng(k1)
+    qf = rng.standard_normal((30, 16)).astype(np.float32)
+    gf = rng.standard_normal((80, 16)).astype(np.float32)
+    gf[40:70] = gf[10:40] + 0.05 * rng.standard_normal((30, 16)).astype(np.float32)  # clusters
+    ours = re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1=k1, k2=k2,
+                      lambda_value=0.3, chunk_size=chunk_size, pair_budget=pair_budget)
+    expected = reference_re_ranking(qf, gf, k1, k2, 0.3)
+    assert ours.shape == (30, 80) and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-5, rtol=0)
+    assert np.abs(expected - 0.3 * squared_distances(qf, gf)).max() > 0.1  # Jaccard part counts
+
+
+def test_re_ranking_feeds_evaluate_and_rejects_bad_k():
+    rng = np.random.default_rng(1)
+    qf, gf = rng.standard_normal((12, 8)), rng.standard_normal((40, 8))
+    q_pids, g_pids = np.arange(12) % 6, np.arange(40) % 6
+    cams_q, cams_g = np.zeros(12, dtype=int), np.ones(40, dtype=int)
+    dist = re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1=5, k2=2)
+    assert dist.dtype == torch.float64
+    result = evaluate(None, None, q_pids, g_pids, cams_q, cams_g, cams_q, cams_g, 'DDC',
+                      distmat=dist)
+    expected = reference_evaluate(dist.numpy(), q_pids, g_pids, cams_q, cams_g, cams_q, cams_g,
+                                  'DDC')
+    assert_same(result, expected)
+    with pytest.raises(UserError, match='k1'):
+        re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1=0)
+    with pytest.raises(UserError, match='max\\(k1 \\+ 1, k2\\)'):
+        re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1=60)

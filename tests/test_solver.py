@@ -1,0 +1,163 @@
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from solver.make_optimizer import make_optimizer_stage1, make_optimizer_stage2
+from solver.scheduler import CosineWarmupLR, WarmupMultiStepLR
+from utils.errors import UserError
+
+
+def tiny_model():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False))
+    model[1].weight.requires_grad_(False)
+    return model
+
+
+def lr_per_epoch(scheduler, optimizer, epochs):
+    rates = []
+    for _ in range(epochs):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def flatten(rows):
+    return [value for row in rows for value in row]
+
+
+def test_stage1_optimizer_adam_single_group():
+    model = tiny_model()
+    opt = make_optimizer_stage1(model.parameters(), base_lr=3.5e-4, weight_decay=1e-4)
+    assert isinstance(opt, torch.optim.Adam)
+    assert len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert group["lr"] == 3.5e-4 and group["weight_decay"] == 1e-4
+    assert all(p.requires_grad for p in group["params"])
+    assert len(group["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_stage2_bias_groups_get_factor_lr_and_bias_decay():
+    model = tiny_model()
+    opt = make_optimizer_stage2(model.named_parameters(), base_lr=5e-6, weight_decay=1e-4,
+                                bias_lr_factor=2.0, weight_decay_bias=1e-5)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert set(by_name) == {"0.weight", "0.bias", "1.bias", "2.weight"}  # frozen 1.weight left out
+    for name in ("0.bias", "1.bias"):
+        assert by_name[name]["lr"] == pytest.approx(1e-5)
+        assert by_name[name]["weight_decay"] == 1e-5
+    for name in ("0.weight", "2.weight"):
+        assert by_name[name]["lr"] == 5e-6
+        assert by_name[name]["weight_decay"] == 1e-4
+
+
+def test_bias_lr_factor_kept_by_scheduler():
+    model = tiny_model()
+    opt = make_optimizer_stage2(model.named_parameters(), base_lr=1.0, weight_decay=0.0)
+    sched = WarmupMultiStepLR(opt, [2], gamma=0.1, warmup_factor=0.5, warmup_iters=0)
+    lr_per_epoch(sched, opt, 3)
+    by_name = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert by_name["0.bias"] == pytest.approx(0.2) and by_name["0.weight"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW),
+                                       ("SGD", torch.optim.SGD)])
+def test_optimizer_names(name, cls):
+    opt = make_optimizer_stage2(tiny_model().named_parameters(), 0.1, 0.0, optimizer_name=name, momentum=0.8)
+    assert isinstance(opt, cls)
+    if name == "SGD":
+        assert opt.param_groups[0]["momentum"] == 0.8
+
+
+def test_unknown_optimizer_is_user_error_naming_key():
+    with pytest.raises(UserError, match="SOLVER.STAGE2.OPTIMIZER_NAME.*'Adamm'"):
+        make_optimizer_stage2(tiny_model().named_parameters(), 0.1, 0.0, optimizer_name="Adamm")
+    with pytest.raises(UserError, match="SOLVER.STAGE1.OPTIMIZER_NAME"):
+        make_optimizer_stage1(tiny_model().parameters(), 0.1, 0.0, optimizer_name="rmsprop")
+
+
+def cosine_by_hand(epoch, base=3.5e-4, warmup=5, init=1e-5, lr_min=1e-6, total=120):
+    if epoch < warmup:
+        return init + (base - init) * epoch / warmup
+    return lr_min + (base - lr_min) * (1 + math.cos(math.pi * (epoch - warmup) / (total - warmup))) / 2
+
+
+def test_cosine_warmup_values():
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=3.5e-4)
+    sched = CosineWarmupLR(opt, max_epochs=120, warmup_epochs=5, warmup_lr_init=1e-5, lr_min=1e-6)
+    rates = [r[0] for r in lr_per_epoch(sched, opt, 125)]
+    assert rates[0] == pytest.approx(1e-5)
+    assert rates[2] == pytest.approx(1e-5 + (3.5e-4 - 1e-5) * 2 / 5)
+    assert rates[5] == pytest.approx(3.5e-4)
+    assert rates[62] == pytest.approx(1e-6 + (3.5e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 57 / 115)))
+    for epoch in (1, 4, 7, 30, 100, 119):
+        assert rates[epoch] == pytest.approx(cosine_by_hand(epoch), rel=1e-9)
+    assert rates[120] == pytest.approx(1e-6) and rates[124] == pytest.approx(1e-6)
+    assert all(a >= b for a, b in zip(rates[5:], rates[6:]))
+
+
+def multistep_by_hand(epoch, base=3.5e-4, steps=(30, 50), gamma=0.1, factor=0.1, warmup=10):
+    warm = factor + (1 - factor) * epoch / warmup if epoch < warmup else 1.0
+    return base * warm * gamma ** sum(epoch >= s for s in steps)
+
+
+def test_warmup_multistep_values():
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=3.5e-4)
+    sched = WarmupMultiStepLR(opt, milestones=[30, 50], gamma=0.1, warmup_factor=0.1, warmup_iters=10)
+    rates = [r[0] for r in lr_per_epoch(sched, opt, 60)]
+    assert rates[0] == pytest.approx(3.5e-5)
+    assert rates[5] == pytest.approx(3.5e-4 * (0.1 + 0.9 * 0.5))
+    assert rates[10] == pytest.approx(3.5e-4) and rates[29] == pytest.approx(3.5e-4)
+    assert rates[30] == pytest.approx(3.5e-5) and rates[49] == pytest.approx(3.5e-5)
+    assert rates[50] == pytest.approx(3.5e-6)
+    for epoch in range(60):
+        assert rates[epoch] == pytest.approx(multistep_by_hand(epoch), rel=1e-9)
+
+
+def test_warmup_constant():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupMultiStepLR(opt, [4], warmup_factor=0.25, warmup_iters=3, warmup_method="constant")
+    assert [r[0] for r in lr_per_epoch(sched, opt, 6)] == pytest.approx([0.25, 0.25, 0.25, 1.0, 0.1, 0.1])
+
+
+def test_scheduler_argument_validation():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="increasing"):
+        WarmupMultiStepLR(opt, [50, 30])
+    with pytest.raises(ValueError, match="warmup_method"):
+        WarmupMultiStepLR(opt, [30], warmup_method="cosine")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        CosineWarmupLR(opt, max_epochs=5, warmup_epochs=6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "multistep"])
+def test_state_dict_round_trip_continues_identically(kind):
+    def build():
+        model = tiny_model()
+        opt = make_optimizer_stage2(model.named_parameters(), base_lr=1e-3, weight_decay=1e-4)
+        if kind == "cosine":
+            sched = CosineWarmupLR(opt, max_epochs=12, warmup_epochs=3, warmup_lr_init=1e-5, lr_min=1e-6)
+        else:
+            sched = WarmupMultiStepLR(opt, [4, 8], warmup_iters=3)
+        return opt, sched
+
+    opt, sched = build()
+    reference = lr_per_epoch(sched, opt, 12)
+
+    opt, sched = build()
+    lr_per_epoch(sched, opt, 5)
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    opt2, sched2 = build()
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed = lr_per_epoch(sched2, opt2, 7)
+    assert flatten(resumed) == pytest.approx(flatten(reference[5:]), rel=1e-12)
+    assert len(resumed[0]) == 4
+    assert sched2.last_epoch == 12

@@ -1,0 +1,37 @@
+"""Writes that never leave a half-written file: a temporary file in the same folder, fsync, rename."""
+import os
+import tempfile
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def _atomic_path(path: str, suffix: str = ''):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp')
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, 'rb') as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    with _atomic_path(path) as tmp, open(tmp, 'w') as handle:
+        handle.write(text)
+
+
+def torch_save(obj, path: str) -> None:
+    with _atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def savez(path: str, **arrays) -> None:
+    import numpy as np
+    with _atomic_path(path, suffix='.npz') as tmp:
+        np.savez(tmp, **arrays)

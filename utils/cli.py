@@ -1,0 +1,44 @@
+"""What train_clipreid.py and test_clipreid.py share: arguments, config, output folder, logger, device."""
+import argparse
+import os
+
+from config import load_config
+from datasets import init_dataset
+from utils.device import autocast_dtype, resolve_device, seed_everything
+from utils.errors import UserError
+from utils.logger import setup_logger
+
+
+def parse_args(description: str, argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config_file', default='', help='YAML config file (keys: config/defaults.py)')
+    parser.add_argument('opts', nargs=argparse.REMAINDER, help='KEY VALUE overrides, e.g. TEST.EVAL_MODE S2G')
+    return parser.parse_args(argv)
+
+
+def prepare_output_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"OUTPUT_DIR '{path}' cannot be created: {err.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"OUTPUT_DIR '{path}' is not writable")
+
+
+class Run:
+    """A configured run: cfg, logger, device, autocast dtype and dataset."""
+
+    def __init__(self, argv, description: str, log_file: str, logger_name: str):
+        args = parse_args(description, argv)
+        self.cfg = cfg = load_config(args.config_file, args.opts)
+        prepare_output_dir(cfg.OUTPUT_DIR)
+        self.logger = setup_logger(logger_name, cfg.OUTPUT_DIR, log_file)
+        self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts)}")
+        self.logger.info('running with config:\n' + cfg.dump())
+        seed_everything(cfg.SOLVER.SEED)
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.amp_dtype = autocast_dtype(cfg.SOLVER.AMP, self.device)
+        self.logger.info(f"device: {self.device}; mixed precision: {self.amp_dtype or 'off'}")
+        self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+        self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
+                         + self.dataset.statistics_table())

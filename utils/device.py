@@ -1,0 +1,40 @@
+"""Device and precision choice: from the config, else what is available."""
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"MODEL.DEVICE = '{name}' but CUDA is not available here (use 'auto' or 'cpu')")
+    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"MODEL.DEVICE = '{name}' but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for SOLVER.AMP on this device; None = full precision."""
+    if device.type != 'cuda' or amp == 'off':
+        return None
+    if amp == 'auto':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
