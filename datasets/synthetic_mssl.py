@@ -149,7 +149,8 @@ def _background_colour(rng: np.random.Generator, kind: str) -> RGB:
         'brick': (150, 80, 60), 'wall': (190, 185, 170), 'street': (120, 120, 125), 'shopfront': (90, 110, 130),
         'asphalt': (85, 85, 90), 'grass': (80, 125, 60), 'paving': (165, 155, 140), 'dirt': (150, 120, 85),
     }[kind]
-    return _jitter(rng, base, 30)
+    scale = rng.uniform(0.75, 1.2)  # mostly brightness: strong per-channel jitter gives pastel walls
+    return _jitter(rng, tuple(int(min(255, c * scale)) for c in base), 14)
 
 
 def _smooth_noise(rng: np.random.Generator, width: int, height: int, cell: int) -> np.ndarray:
@@ -252,53 +253,42 @@ def _draw_ground_person(rng: np.random.Generator, ident: Identity, width: int, h
         bx = cx - facing * (tw / 2 + bag_w * 0.8)
         draw.rounded_rectangle([min(bx, bx + facing * bag_w), y(0.18), max(bx, bx + facing * bag_w), y(0.44)],
                                radius=3, fill=ident.bag_colour)
-    if not side and ident.long_hair and pose == 'front':
+    if ident.long_hair and pose == 'front':
         draw.rectangle([cx - 0.07 * ph, y(0.06), cx + 0.07 * ph, y(0.24)], fill=ident.hair)
     # legs and shoes
-    leg_skin_from = 0.68 if ident.shorts else 1.0
     if side:
         stride = rng.uniform(0.03, 0.12) * ph
+        knee_t = (0.68 - 0.5) / 0.45
         for foot in (-stride, stride):
-            hip_l, hip_r = cx - lw / 2, cx + lw / 2
-            knee = y(0.52) + (y(0.95) - y(0.52)) * (leg_skin_from - 0.52) / 0.43
-            draw.polygon([(hip_l, y(0.5)), (hip_r, y(0.5)), (cx + foot + lw / 2, y(0.95)), (cx + foot - lw / 2, y(0.95))],
-                         fill=ident.trousers)
+            leg = [(cx - lw / 2, y(0.5)), (cx + lw / 2, y(0.5)), (cx + foot + lw / 2, y(0.95)),
+                   (cx + foot - lw / 2, y(0.95))]
+            draw.polygon(leg, fill=ident.trousers)
             if ident.shorts:
-                t = (knee - y(0.5)) / (y(0.95) - y(0.5))
-                draw.polygon([(hip_l + foot * t, knee), (hip_r + foot * t, knee),
-                              (cx + foot + lw / 2, y(0.95)), (cx + foot - lw / 2, y(0.95))], fill=ident.skin)
-            draw.ellipse([cx + foot - lw / 2, y(0.94), cx + foot + lw / 2 + facing * 0.04 * ph, y(0.99)], fill=ident.shoes)
+                knee_x = cx + foot * knee_t
+                draw.polygon([(knee_x - lw / 2, y(0.68)), (knee_x + lw / 2, y(0.68)), leg[2], leg[3]], fill=ident.skin)
+            draw.ellipse([cx + foot - lw / 2, y(0.94), cx + foot + lw / 2 + facing * 0.04 * ph, y(0.99)],
+                         fill=ident.shoes)
     else:
         gap = 0.015 * ph
-        for sign in (-1, 1):
-            x0 = cx + sign * gap if sign > 0 else cx - gap - lw
+        for x0 in (cx - gap - lw, cx + gap):
             draw.rectangle([x0, y(0.5), x0 + lw, y(0.95)], fill=ident.trousers)
             if ident.shorts:
                 draw.rectangle([x0 + lw * 0.1, y(0.68), x0 + lw * 0.9, y(0.95)], fill=ident.skin)
             draw.ellipse([x0 - 0.01 * ph, y(0.94), x0 + lw + 0.01 * ph, y(0.99)], fill=ident.shoes)
-    # arms (front/back), torso with pattern, side arm on top
+    # arms, torso with the shirt pattern (sleeves included), and the near arm of a side view on top
     period, phase = rng.uniform(0.045, 0.06) * ph, rng.uniform(0, 10)
-    torso = [(cx - tw / 2, y(0.16)), (cx + tw / 2, y(0.16)), (cx + tw * 0.44, y(0.52)), (cx - tw * 0.44, y(0.52))]
-    shapes = [('polygon', torso)]
-    arm_boxes = []
-    if not side:
-        for sign in (-1, 1):
-            x_in = cx + sign * tw / 2
-            x_out = x_in + sign * aw
-            arm_boxes.append((min(x_in, x_out), max(x_in, x_out)))
-    else:
-        swing = rng.uniform(-0.06, 0.06) * ph
-        arm_boxes.append(None)
     sleeve_end = 0.49 if ident.long_sleeves else 0.28
-    for box in arm_boxes:
-        if box is None:
-            continue
-        x0, x1 = box
-        draw.rectangle([x0, y(0.17), x1, y(0.49)], fill=ident.skin)
-        shapes.append(('polygon', [(x0, y(0.165)), (x1, y(0.165)), (x1, y(sleeve_end)), (x0, y(sleeve_end))]))
-        draw.ellipse([x0, y(0.48), x1, y(0.54)], fill=ident.skin)
+    shapes = [('polygon', [(cx - tw / 2, y(0.16)), (cx + tw / 2, y(0.16)), (cx + tw * 0.44, y(0.52)),
+                           (cx - tw * 0.44, y(0.52))])]
+    if not side:
+        for x0 in (cx - tw / 2 - aw, cx + tw / 2):
+            draw.rectangle([x0, y(0.17), x0 + aw, y(0.49)], fill=ident.skin)
+            draw.ellipse([x0, y(0.48), x0 + aw, y(0.54)], fill=ident.skin)
+            shapes.append(('polygon', [(x0, y(0.165)), (x0 + aw, y(0.165)), (x0 + aw, y(sleeve_end)),
+                                       (x0, y(sleeve_end))]))
     _paint_torso(layer, ident, shapes, period, phase)
     if side:
+        swing = rng.uniform(-0.06, 0.06) * ph
         arm_x = cx + swing * 0.3
         arm = [(arm_x - aw / 2, y(0.17)), (arm_x + aw / 2, y(0.17)), (arm_x + swing + aw / 2, y(0.49)),
                (arm_x + swing - aw / 2, y(0.49))]

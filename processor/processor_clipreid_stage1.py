@@ -97,7 +97,8 @@ def _all_text_features(model, view: str, num_classes: int, batch: int, device) -
 
 
 def learn_view(cfg, model, view: str, items: list, num_classes: int, device, logger, amp_dtype=None):
-    """Train one view's prompts; returns its text features [num_classes, embed_dim] on the CPU."""
+    """Train one view's prompts; returns its text features [num_classes, embed_dim] on the CPU and
+    the mean loss of every epoch."""
     image_feats = _image_features(model, cfg, items, device, amp_dtype)
     labels = torch.tensor([pid for _, pid, _, _ in items], device=device)
     learner = model.prompt_learners[view]
@@ -109,6 +110,7 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
     supcon = SupConLoss()
     generator = torch.Generator().manual_seed(cfg.SOLVER.SEED)
     learner.train()
+    epoch_losses = []
     logger.info(f"Stage 1 [{view}]: {len(items)} images, {labels.unique().numel()} identities, "
                 f"{solver.MAX_EPOCHS} epochs")
     for epoch in range(1, solver.MAX_EPOCHS + 1):
@@ -126,11 +128,12 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
             total, steps = total + loss.item(), steps + 1
             if step % solver.LOG_PERIOD == 0:
                 logger.info(f"Stage 1 [{view}] epoch {epoch} iter {step}: loss {loss.item():.4f}")
+        epoch_losses.append(total / steps)
         logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, "
                     f"lr {scheduler.get_last_lr()[0]:.2e}")
         scheduler.step()
     learner.eval()
-    return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu()
+    return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu(), epoch_losses
 
 
 def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, amp_dtype=None) -> dict:
@@ -148,7 +151,7 @@ def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, 
             continue
         if cached is not None:
             logger.info(f"Stage 1 [{view}]: the cached text features are out of date; rebuilding")
-        features[view] = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
+        features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
         cache[view] = {'fingerprint': fingerprint, 'text_features': features[view]}
         atomic_io.torch_save(cache, path)
     return features

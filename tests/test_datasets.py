@@ -282,7 +282,7 @@ def test_generator_layout(tmp_path):
         assert sorted(view for _, p, _, view in ds.query if p == pid) == [0, 1]
     for path, *_ in ds.train + ds.query + ds.gallery:
         fields = os.path.basename(path)[:-4].split('_')
-        members = [f for f in fields[5:-1]]
+        members = fields[5:-1]
         assert len(members) == int(fields[2]) and f'p{fields[0]}' in members
         assert fields[3].startswith('G') and fields[1][-2:] in ('am', 'pm')
     assert {cam for _, _, cam, _ in ds.train} <= set(range(15))

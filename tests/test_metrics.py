@@ -201,6 +201,8 @@ def test_errors():
         mode_query_mask('XYZ', q_views)
     with pytest.raises(UserError, match='no query of mode G2S'):
         evaluate(qf, gf, q_pids + 100, g_pids, q_cams, g_cams, q_views, g_views, 'G2S')
+    with pytest.raises(UserError, match='chunk_size'):
+        evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views, 'DDC', chunk_size=0)
     qf[0, 0] = np.nan
     with pytest.raises(UserError, match='NaN'):
         evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views, 'DDC')

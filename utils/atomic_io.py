@@ -3,14 +3,18 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
 @contextmanager
-def _atomic_path(path: str, suffix: str = ''):
+def _atomic_path(path: str):
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to collaborators
     try:
         yield tmp
         with open(tmp, 'rb') as handle:
@@ -32,6 +36,6 @@ def torch_save(obj, path: str) -> None:
 
 
 def savez(path: str, **arrays) -> None:
-    import numpy as np
-    with _atomic_path(path, suffix='.npz') as tmp:
-        np.savez(tmp, **arrays)
+    # A file object, because np.savez appends '.npz' to a path that does not end with it.
+    with _atomic_path(path) as tmp, open(tmp, 'wb') as handle:
+        np.savez(handle, **arrays)

@@ -107,8 +107,8 @@ def _ranks_by_counting(dist: torch.Tensor, cand_idx: torch.Tensor, cand_dist: to
     """Rank (0-based, among kept items) of each sorted positive, and rows left to a real sort.
 
     pos_dist: [B, P] kept-positive distances t_k ascending, padded with +inf; pos_idx: their
-    gallery indices. rank_k = #{kept g: d_g < t_k} + #{kept g: d_g == t_k, g < p_k}. Rows where two
-    positives tie with each other are flagged instead (the threshold trick below needs distinct t_k).
+    gallery indices. rank_k = #{kept g: d_g < t_k} + #{kept g: d_g == t_k, g < p_k}. Rows where
+    two positives tie with each other are flagged instead (the thresholds below need distinct t_k).
     """
     batch, width = pos_dist.shape
     real = torch.isfinite(pos_dist)
@@ -207,7 +207,8 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
                              f"qf {tuple(query.shape)} for {num_query} queries, "
                              f"gf {tuple(gallery.shape)} for {num_gallery} gallery items")
         if query.shape[1] != gallery.shape[1]:
-            raise ValueError(f"qf and gf differ in dimension: {query.shape[1]} vs {gallery.shape[1]}")
+            raise ValueError("qf and gf differ in dimension: "
+                             f"{query.shape[1]} vs {gallery.shape[1]}")
         if query.dtype != gallery.dtype:
             query, gallery = query.double(), gallery.double()
         q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)

@@ -3,18 +3,18 @@
 Steps, over all N = Nq + Ng images:
   1. d(i, j): squared Euclidean distance divided by the max of row i (as the authors' release does);
      the K = max(k1 + 1, k2) nearest neighbours of every image.
-  2. R(i, k): the k-reciprocal neighbours of i (j among i's k+1 nearest and i among j's k+1 nearest).
+  2. R(i, k): the k-reciprocal neighbours of i (j among i's k+1 nearest, i among j's k+1 nearest).
      R*(i) = R(i, k1) plus R(c, round(k1/2)) for every c in R(i, k1) whose half set shares more than
      2/3 of its members with R(i, k1).
   3. V[i, j] = exp(-d(i, j)) over j in R*(i), normalised to sum 1 (sparse rows); with k2 > 1 each
      row is replaced by the mean of the rows of its k2 nearest neighbours (local query expansion).
-  4. Jaccard distance d_J(q, g) = 1 - S / (2 - S) with S = sum_k min(V[q, k], V[g, k]), computed from
-     an inverted index over the gallery rows; final = (1 - lambda) d_J + lambda d.
+  4. Jaccard distance d_J(q, g) = 1 - S / (2 - S) with S = sum_k min(V[q, k], V[g, k]), computed
+     from an inverted index over the gallery rows; final = (1 - lambda) d_J + lambda d.
 
 Memory (N images, D dims, K neighbours, W = nonzeros of a row of V, at most
-(k1 + 1) * (round(k1/2) + 2), and k2 * W after expansion): features N*D, neighbour lists N*K indices,
-sparse V about N*k2*W (index + value), the output Nq*Ng floats, plus per-chunk temporaries of
-chunk_size*N distances and at most `pair_budget` index/value pairs for the Jaccard sums.
+(k1 + 1) * (round(k1/2) + 2), and k2 * W after expansion): features N*D, neighbour lists N*K
+indices, sparse V about N*k2*W (index + value), the output Nq*Ng floats, plus per-chunk
+temporaries of chunk_size*N distances and at most `pair_budget` index/value pairs for the Jaccard sums.
 """
 from __future__ import annotations
 

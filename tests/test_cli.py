@@ -1,0 +1,88 @@
+"""The two scripts, run as a user runs them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_opts
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_OPTS = ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '0.5', 'MODEL.SIE_VIEW', 'True',
+             'MODEL.STRIDE_SIZE', '[12, 12]']
+
+
+def run_script(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.fixture(scope='module')
+def trained_run(tiny_mssl, tmp_path_factory):
+    out = tmp_path_factory.mktemp('train')
+    result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(out)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_training_writes_log_cache_checkpoint_and_results(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {'train_log.txt', 'stage1_text_features.pt', 'ViT-Tiny-16_2.pth'} <= names
+    for mode in ('S2G', 'G2S', 'DDC'):
+        record = json.loads((trained_run / f'results_{mode}.json').read_text())
+        assert record['mode'] == mode
+        for key in ('mAP', 'rank1', 'rank5', 'rank10', 'mINP'):
+            assert 0.0 <= record[key] <= 1.0
+    assert 'Stage 1 [sky] epoch 3/3' in (trained_run / 'train_log.txt').read_text()
+
+
+@pytest.mark.parametrize('mode', ['S2G', 'G2S', 'DDC'])
+def test_testing_a_checkpoint_reproduces_the_training_evaluation(tiny_mssl, trained_run, tmp_path, mode):
+    result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(tmp_path)), 'TEST.EVAL_MODE', mode,
+                        'TEST.WEIGHT', str(trained_run / 'ViT-Tiny-16_2.pth'), 'TEST.SAVE_FEATURES', 'True')
+    assert result.returncode == 0, result.stderr[-2000:]
+    tested = json.loads((tmp_path / f'results_{mode}.json').read_text())
+    trained = json.loads((trained_run / f'results_{mode}.json').read_text())
+    assert tested['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
+    assert tested['rank1'] == pytest.approx(trained['rank1'], abs=1e-6)
+    features = np.load(tmp_path / f'features_{mode}.npz', allow_pickle=False)
+    assert features['qf'].shape[0] == tested['num_query'] == len(features['q_paths'])
+    assert features['gf'].shape[0] == tested['num_gallery'] == len(features['g_views'])
+    expected_views = {'S2G': {1}, 'G2S': {0}, 'DDC': {0, 1}}[mode]
+    assert set(features['q_views'].tolist()) == expected_views
+
+
+def test_all_mode_and_untrained_backbone(tiny_mssl, tmp_path):
+    result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(tmp_path)), 'TEST.EVAL_MODE', 'ALL')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob('results_*.json')) == [
+        'results_DDC.json', 'results_G2S.json', 'results_S2G.json']
+
+
+def test_seed_commands_without_clip_weights_stop_with_the_weights_message(tiny_mssl, tmp_path):
+    env = {**__import__('os').environ, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'),
+           'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    common = ['--config_file', 'configs/person/vit_clipreid.yml', *SEED_OPTS,
+              'DATASETS.ROOT_DIR', tiny_mssl, 'OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.DEVICE', 'cpu']
+    for script, extra in (('train_clipreid.py', []), ('test_clipreid.py', ['TEST.EVAL_MODE', 'S2G'])):
+        result = run_script(script, *common, *extra, env=env)
+        assert result.returncode == 2
+        assert 'Traceback' not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: ') and 'MODEL.PRETRAIN_PATH' in lines[0]
+
+
+@pytest.mark.parametrize('args, message', [
+    (['MODEL.NOT_A_KEY', '1'], 'unknown config key MODEL.NOT_A_KEY'),
+    (['TEST.EVAL_MODE', 'S2S'], 'TEST.EVAL_MODE'),
+    (['TEST.WEIGHT', 'missing.pth'], "TEST.WEIGHT 'missing.pth' does not exist"),
+    (['DATASETS.ROOT_DIR', '/nonexistent/mssl'], '/nonexistent/mssl'),
+])
+def test_user_mistakes_give_one_line_and_exit_2(tiny_mssl, tmp_path, args, message):
+    opts = tiny_opts(tiny_mssl, str(tmp_path))
+    result = run_script('test_clipreid.py', *opts, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and 'Traceback' not in result.stderr

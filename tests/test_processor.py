@@ -1,0 +1,94 @@
+import logging
+
+import pytest
+import torch
+
+from config import load_config
+from datasets import init_dataset
+from model import make_model
+from processor import processor_clipreid_stage1 as stage1
+from processor.processor_clipreid_stage2 import i2t_terms, image_view_mask
+from tests.conftest import tiny_opts
+
+LOGGER = logging.getLogger('test')
+
+
+def _setup(root, out, *extra):
+    cfg = load_config('', tiny_opts(root, str(out), *extra))
+    dataset = init_dataset('mssl', root)
+    torch.manual_seed(cfg.SOLVER.SEED)
+    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+                       text_views=stage1.text_views_to_learn(cfg))
+    return cfg, dataset, model
+
+
+def test_views_to_learn_follow_the_nonzero_terms():
+    assert stage1.text_views_to_learn(load_config()) == ['ground', 'sky']
+    clip_reid = load_config('', ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)",
+                                 'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)'])
+    assert stage1.text_views_to_learn(clip_reid) == ['all']
+    no_text = load_config('', ['MODEL.I2T_LOSS_WEIGHTS', '(0.0, 0.0, 0.0)'])
+    assert stage1.text_views_to_learn(no_text) == []
+
+
+def test_identity_without_images_of_a_view_learns_from_the_other_view():
+    items = [('a.jpg', 0, 0, 0), ('b.jpg', 0, 3, 1), ('c.jpg', 1, 0, 0), ('d.jpg', 1, 1, 0)]
+    assert stage1.stage1_items(items, 'sky') == [items[1], items[2], items[3]]
+    assert stage1.stage1_items(items, 'ground') == [items[0], items[2], items[3]]
+    assert stage1.stage1_items(items, 'all') == items
+
+
+def test_stage1_lowers_its_loss(tiny_mssl, tmp_path):
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'SOLVER.STAGE1.MAX_EPOCHS', '6')
+    items = stage1.stage1_items(dataset.train, 'sky')
+    feats, losses = stage1.learn_view(cfg, model, 'sky', items, dataset.num_train_pids, torch.device('cpu'),
+                                      LOGGER)
+    assert feats.shape == (dataset.num_train_pids, model.text_encoder.text_projection.shape[1])
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_stage1_cache_is_reused_and_rebuilt_when_the_config_changes(tiny_mssl, tmp_path, monkeypatch):
+    device = torch.device('cpu')
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path)
+    first = stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, device, LOGGER)
+    assert set(first) == {'ground', 'sky'}
+    assert (tmp_path / stage1.CACHE_NAME).is_file()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError('stage 1 ran although the cache matches')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stage1, 'learn_view', must_not_train)
+        again = stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, device, LOGGER)
+    for view in first:
+        assert torch.equal(first[view], again[view])
+
+    changed_cfg, _, changed_model = _setup(tiny_mssl, tmp_path, 'MODEL.PROMPT_TEMPLATE_SKY',
+                                           'A drone photo of a X X X X person.')
+    trained = []
+    real_learn_view = stage1.learn_view
+    monkeypatch.setattr(stage1, 'learn_view', lambda cfg, model, view, *a, **k: (
+        trained.append(view) or real_learn_view(cfg, model, view, *a, **k)))
+    rebuilt = stage1.run_stage1(changed_cfg, changed_model, dataset.train, dataset.num_train_pids, device, LOGGER)
+    assert trained == ['sky']
+    assert torch.equal(rebuilt['ground'], first['ground'])
+    assert not torch.equal(rebuilt['sky'], first['sky'])
+
+
+def test_damaged_cache_is_rebuilt_not_trusted(tiny_mssl, tmp_path):
+    (tmp_path / stage1.CACHE_NAME).write_bytes(b'not a checkpoint')
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'SOLVER.STAGE1.MAX_EPOCHS', '1')
+    features = stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, torch.device('cpu'), LOGGER)
+    assert set(features) == {'ground', 'sky'}
+    assert set(stage1.load_cache(str(tmp_path / stage1.CACHE_NAME))) == {'ground', 'sky'}
+
+
+def test_image_view_masks_and_published_terms():
+    views = torch.tensor([0, 1, 1, 0])
+    assert image_view_mask(views, 'all').tolist() == [True] * 4
+    assert image_view_mask(views, 'sky').tolist() == [False, True, True, False]
+    assert image_view_mask(views, 'ground').tolist() == [True, False, False, True]
+    text = {'ground': torch.zeros(3, 2), 'sky': torch.ones(3, 2)}
+    terms = i2t_terms(load_config(), text, torch.device('cpu'))
+    assert [(image_view, weight) for _, image_view, weight in terms] == [('all', 1.0), ('ground', 0.1)]
+    assert torch.equal(terms[0][0], text['ground']) and torch.equal(terms[1][0], text['sky'])
