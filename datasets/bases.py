@@ -15,6 +15,7 @@ Item = tuple[str, int, int, int]  # (img_path, pid, camid, viewid)
 
 GROUND = 0
 SKY = 1
+VIEW_IDS = {'ground': GROUND, 'sky': SKY}
 VIEW_NAMES = {GROUND: 'ground', SKY: 'sky'}
 EVAL_MODES = ('S2G', 'G2S', 'DDC')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')

@@ -7,8 +7,6 @@ from datasets.sampler import RandomIdentitySampler
 from datasets.transforms import build_transforms
 from utils.errors import UserError
 
-VIEW_IDS = {'ground': 0, 'sky': 1}
-
 
 def _transforms(cfg, is_train: bool):
     return build_transforms(
@@ -45,9 +43,3 @@ def make_ordered_loader(cfg, items: list, device: torch.device) -> DataLoader:
     return DataLoader(image_set, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
                       **_loader_kwargs(cfg, device))
 
-
-def train_items_of_view(dataset, view: str) -> list:
-    """Training images of an image view: 'all', 'sky' or 'ground'."""
-    if view == 'all':
-        return list(dataset.train)
-    return list(dataset.train_by_view[VIEW_IDS[view]])

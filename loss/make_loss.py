@@ -4,6 +4,8 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
+from datasets.bases import VIEW_IDS
+
 
 def stage2_loss(cls_scores: Sequence[torch.Tensor], feats: Sequence[torch.Tensor], targets: torch.Tensor,
                 id_loss: nn.Module, triplet: nn.Module, id_weight: float,
@@ -34,3 +36,28 @@ def image_to_text_loss(image_proj: torch.Tensor, text_features: torch.Tensor, ta
         return image_proj.sum() * 0.0 + text_features.sum() * 0.0
     logits = image_proj[image_mask] @ text_features.t()
     return id_loss(logits, targets[image_mask])
+
+
+def image_view_mask(view_ids: torch.Tensor, image_view: str) -> torch.Tensor:
+    """Which images of a batch an image-to-text term uses: 'all', 'sky' (view 1) or 'ground' (view 0)."""
+    if image_view == 'all':
+        return torch.ones_like(view_ids, dtype=torch.bool)
+    return view_ids == VIEW_IDS[image_view]
+
+
+def msp_stage2_loss(out: Dict[str, object], targets: torch.Tensor, view_ids: torch.Tensor,
+                    i2t_terms: Sequence[Tuple[torch.Tensor, str, float]], id_loss: nn.Module,
+                    triplet: nn.Module, id_weight: float,
+                    triplet_weight: float) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The whole stage-2 objective for one batch of model outputs (`cls_scores`, `feats`, `proj`):
+    `stage2_loss` plus, for each (text features, image view, weight) term, weight times
+    `image_to_text_loss` of that view's images. Parts: 'id', 'triplet', 'i2t_<k>' (unweighted)."""
+    cls_scores = [score.float() for score in out['cls_scores']]
+    feats = [feat.float() for feat in out['feats']]
+    total, parts = stage2_loss(cls_scores, feats, targets, id_loss, triplet, id_weight, triplet_weight)
+    proj = out['proj'].float()
+    for k, (text_features, image_view, weight) in enumerate(i2t_terms):
+        term = image_to_text_loss(proj, text_features, targets, image_view_mask(view_ids, image_view), id_loss)
+        parts[f'i2t_{k}'] = term
+        total = total + weight * term
+    return total, parts

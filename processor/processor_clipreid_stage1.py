@@ -15,7 +15,8 @@ import os
 
 import torch
 
-from datasets.make_dataloader import VIEW_IDS, make_ordered_loader
+from datasets.bases import VIEW_IDS
+from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
 from solver.scheduler import CosineWarmupLR

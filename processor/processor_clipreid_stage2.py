@@ -10,8 +10,7 @@ import os
 import torch
 from torch import nn
 
-from datasets.make_dataloader import VIEW_IDS
-from loss.make_loss import image_to_text_loss, stage2_loss
+from loss.make_loss import msp_stage2_loss
 from loss.softmax_loss import CrossEntropyLabelSmooth
 from loss.triplet_loss import TripletLoss
 from solver.make_optimizer import make_optimizer_stage2
@@ -19,12 +18,6 @@ from solver.scheduler import WarmupMultiStepLR
 from utils import atomic_io
 from utils.device import autocast
 from utils.errors import UserError
-
-
-def image_view_mask(view_ids: torch.Tensor, image_view: str) -> torch.Tensor:
-    if image_view == 'all':
-        return torch.ones_like(view_ids, dtype=torch.bool)
-    return view_ids == VIEW_IDS[image_view]
 
 
 def i2t_terms(cfg, text_features: dict, device) -> list:
@@ -75,14 +68,8 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             camids, viewids = camids.to(device), viewids.to(device)
             with autocast(device, amp_dtype):
                 out = model(images, cam_label=camids, view_label=viewids)
-            cls_scores = [s.float() for s in out['cls_scores']]
-            feats = [f.float() for f in out['feats']]
-            loss, _ = stage2_loss(cls_scores, feats, pids, id_loss, triplet,
-                                  cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT)
-            proj = out['proj'].float()
-            for text, image_view, weight in terms:
-                loss = loss + weight * image_to_text_loss(proj, text, pids, image_view_mask(viewids, image_view),
-                                                          id_loss)
+            loss, parts = msp_stage2_loss(out, pids, viewids, terms, id_loss, triplet,
+                                          cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT)
             if not math.isfinite(loss.item()):
                 where = f"the last checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
                 raise UserError(f"stage 2 loss became {loss.item()} at epoch {epoch} iteration {step}; "
@@ -91,7 +78,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            acc = (cls_scores[0].argmax(dim=1) == pids).float().mean().item()
+            acc = (out['cls_scores'][0].argmax(dim=1) == pids).float().mean().item()
             total_loss, total_acc, steps = total_loss + loss.item(), total_acc + acc, steps + 1
             if step % solver.LOG_PERIOD == 0:
                 logger.info(f"Stage 2 epoch {epoch} iter {step}/{len(train_loader)}: loss {loss.item():.4f}, "

@@ -215,3 +215,52 @@ def test_image_to_text_loss_no_ground_image_is_zero_and_backward_works():
     loss.backward()
     assert torch.equal(image_proj.grad, torch.zeros_like(image_proj))
     assert torch.equal(text.grad, torch.zeros_like(text))
+
+
+# --- the whole stage-2 objective, against a hand computation -------------------------------------
+
+def _smoothed_ce_by_hand(logits, targets, eps=0.1):
+    total = 0.0
+    for row, target in zip(logits.tolist(), targets.tolist()):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        log_p = [v - log_z for v in row]
+        total += -sum(((1 - eps) * (j == target) + eps / len(row)) * lp for j, lp in enumerate(log_p))
+    return total / len(targets)
+
+
+def _batch_hard_triplet_by_hand(feats, targets, margin):
+    rows = feats.tolist()
+    labels = targets.tolist()
+    losses = []
+    for i, anchor in enumerate(rows):
+        dist = [math.dist(anchor, other) for other in rows]
+        pos = [d for j, d in enumerate(dist) if labels[j] == labels[i] and j != i]
+        neg = [d for j, d in enumerate(dist) if labels[j] != labels[i]]
+        if pos and neg:
+            losses.append(max(0.0, max(pos) - min(neg) + margin))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize('view_ids', [[0, 1, 1, 0], [1, 1, 1, 1]], ids=['mixed', 'no-ground-images'])
+def test_msp_stage2_loss_matches_hand_computation(view_ids):
+    from loss.make_loss import msp_stage2_loss
+    gen = torch.Generator().manual_seed(7)
+    targets = torch.tensor([0, 0, 2, 2])
+    views = torch.tensor(view_ids)
+    out = {'cls_scores': [torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)],
+           'feats': [torch.randn(4, 5, generator=gen) for _ in range(3)],
+           'proj': torch.randn(4, 2, generator=gen)}
+    ground_text, sky_text = torch.randn(3, 2, generator=gen), torch.randn(3, 2, generator=gen)
+    terms = [(ground_text, 'all', 1.0), (sky_text, 'ground', 0.1)]
+    total, parts = msp_stage2_loss(out, targets, views, terms, CrossEntropyLabelSmooth(3, 0.1),
+                                   TripletLoss(margin=0.3), id_weight=0.25, triplet_weight=1.0)
+
+    id_part = sum(_smoothed_ce_by_hand(s, targets) for s in out['cls_scores'])
+    tri_part = sum(_batch_hard_triplet_by_hand(f, targets, 0.3) for f in out['feats'])
+    i2t_all = _smoothed_ce_by_hand(out['proj'] @ ground_text.T, targets)
+    ground = views == 0
+    i2t_ground = _smoothed_ce_by_hand(out['proj'][ground] @ sky_text.T, targets[ground]) if ground.any() else 0.0
+    expected = 0.25 * id_part + 1.0 * tri_part + 1.0 * i2t_all + 0.1 * i2t_ground
+    assert parts['i2t_1'].item() == pytest.approx(i2t_ground, abs=1e-6)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert torch.isfinite(total)

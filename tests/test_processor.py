@@ -7,7 +7,8 @@ from config import load_config
 from datasets import init_dataset
 from model import make_model
 from processor import processor_clipreid_stage1 as stage1
-from processor.processor_clipreid_stage2 import i2t_terms, image_view_mask
+from loss.make_loss import image_view_mask
+from processor.processor_clipreid_stage2 import i2t_terms
 from tests.conftest import tiny_opts
 
 LOGGER = logging.getLogger('test')
