@@ -2,25 +2,19 @@
 
     python test_clipreid.py --config_file configs/person/vit_clipreid.yml TEST.EVAL_MODE S2G TEST.WEIGHT path.pth
 """
-import os
 import sys
-
-import torch
 
 from model import make_model
 from processor.inference import evaluate_model, write_results
+from utils.checkpoint import load_weights_only
 from utils.cli import Run
 from utils.errors import UserError, exit_on_user_error
+from utils.metrics_log import log_evaluation
+from utils.visualize import write_reports
 
 
 def load_reid_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise UserError(f"TEST.WEIGHT '{path}' does not exist")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise UserError(f"TEST.WEIGHT '{path}' is not a loadable weights-only checkpoint "
-                        f"({type(err).__name__}); only tensors and plain containers are accepted") from None
+    checkpoint = load_weights_only(path, f"TEST.WEIGHT '{path}'")
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"TEST.WEIGHT '{path}' holds no state dict")
@@ -43,6 +37,9 @@ def main(argv=None) -> dict:
     outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.amp_dtype)
     for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
         logger.info(f"wrote {path}")
+    metrics = {mode: result['metrics'] for mode, result in outcome.items()}
+    log_evaluation(cfg.OUTPUT_DIR, metrics, weight=weight)
+    write_reports(cfg, outcome, logger, {'weights': weight or '(none: the CLIP backbone without re-ID training)'})
     return {mode: result['metrics'] for mode, result in outcome.items()}
 
 

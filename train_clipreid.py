@@ -9,28 +9,45 @@ from processor.inference import evaluate_model, write_results
 from processor.processor_clipreid_stage1 import run_stage1, text_views_to_learn
 from processor.processor_clipreid_stage2 import train_stage2
 from datasets.make_dataloader import make_train_loader
+from utils import distributed
+from utils.checkpoint import start_or_resume
 from utils.cli import Run
+from utils.device import seed_everything
 from utils.errors import exit_on_user_error
+from utils.visualize import write_reports, write_training_curves
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
     run = Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train')
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
+    distributed.require_divisible(cfg.SOLVER.STAGE2.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE,
+                                  'identities per stage-2 batch (SOLVER.STAGE2.IMS_PER_BATCH // DATALOADER.NUM_INSTANCE)')
     text_views = text_views_to_learn(cfg)
+    resume = start_or_resume(cfg, logger, text_views)  # SOLVER.RESUME; None = start afresh
+    # Built first, so that a training set too small for a batch stops the run straight away.
+    train_loader = make_train_loader(cfg, dataset.train, device, num_replicas=distributed.world_size(),
+                                     rank=distributed.rank())
     model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
-                       text_views=text_views, load_pretrained=True).to(device)
-    text_features = run_stage1(cfg, model, dataset.train, dataset.num_train_pids, device, logger,
-                               run.amp_dtype) if text_views else {}
-    train_loader = make_train_loader(cfg, dataset.train, device)
+                       text_views=text_views, load_pretrained=resume is None).to(device)
+    if resume is not None:
+        text_features = resume['text_features']  # the ones the interrupted run trained against
+    else:
+        text_features = run_stage1(cfg, model, dataset.train, dataset.num_train_pids, device, logger,
+                                   run.amp_dtype) if text_views else {}
+    seed_everything(cfg.SOLVER.SEED)  # stage 2 starts alike whether stage 1 ran or came from its cache
+    distributed.seed_per_rank(cfg.SOLVER.SEED)
 
     def evaluate_fn(trained_model):
         outcome = evaluate_model(cfg, trained_model, dataset, device, logger, run.amp_dtype)
         write_results(cfg.OUTPUT_DIR, outcome, save_features=False)
+        write_reports(cfg, outcome, logger, {'evaluated': 'the latest evaluation during training'})
         return {mode: result['metrics'] for mode, result in outcome.items()}
 
-    return train_stage2(cfg, model, text_features, train_loader, dataset.num_train_pids, device, logger,
-                        evaluate_fn=evaluate_fn, amp_dtype=run.amp_dtype)
+    result = train_stage2(cfg, model, text_features, train_loader, dataset.num_train_pids, device, logger,
+                          evaluate_fn=evaluate_fn, amp_dtype=run.amp_dtype, resume=resume)
+    write_training_curves(cfg.OUTPUT_DIR, logger)
+    return result
 
 
 if __name__ == '__main__':

@@ -76,7 +76,7 @@ _C.DATASETS.ROOT_DIR = 'data/mssl'
 # DATALOADER
 # ---------------------------------------------------------------------------------------------
 _C.DATALOADER = CN()
-# Worker processes per data loader (0 = load in the main process).
+# Worker processes per data loader (0 = load in the main process); capped at the CPUs available.
 _C.DATALOADER.NUM_WORKERS = 8
 # K, the images per identity in a P x K training batch (P = SOLVER.STAGE2.IMS_PER_BATCH / K).
 _C.DATALOADER.NUM_INSTANCE = 4
@@ -92,6 +92,17 @@ _C.SOLVER.SEED = 1234
 # Mixed precision on CUDA: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'off'.
 # Always off on CPU.
 _C.SOLVER.AMP = 'auto'
+# torch.compile the model for the stage-2 training steps. The first steps are slower while it compiles
+# (about a minute for ViT-B-16); the steps after are faster (docs/BENCHMARKS.md). Needs a C++ compiler
+# on CPU and Triton on CUDA.
+_C.SOLVER.COMPILE = False
+# Continue an interrupted training run: '' = start afresh; 'auto' = OUTPUT_DIR/resume.pth when it exists
+# (else start afresh); or the path of a resume.pth. Every stage-2 epoch rewrites OUTPUT_DIR/resume.pth
+# (weights, optimizer, scheduler, AMP scaler, epoch, RNG states, stage-1 text features); an epoch cut off
+# part-way is trained again from its start, with the same result.
+_C.SOLVER.RESUME = ''
+# Keep only the newest N {MODEL.NAME}_{epoch}.pth weights checkpoints of a run; 0 = keep them all.
+_C.SOLVER.KEEP_CHECKPOINTS = 0
 
 # Stage 1: per-identity prompt learning, one text view at a time; encoders frozen; stepped per epoch.
 _C.SOLVER.STAGE1 = CN()
@@ -156,6 +167,12 @@ _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
 # Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
 _C.TEST.SAVE_FEATURES = False
+# Draw ranked lists (OUTPUT_DIR/ranked_<MODE>.png): for VISUALIZE_QUERIES queries per mode (a third
+# of them easy, the rest the hardest, i.e. lowest AP), the top VISUALIZE_TOPK gallery images with a
+# green (same identity) or red (another identity) border, labelled with camera and sky/ground view.
+_C.TEST.VISUALIZE = False
+_C.TEST.VISUALIZE_QUERIES = 8
+_C.TEST.VISUALIZE_TOPK = 10
 
 # ---------------------------------------------------------------------------------------------
 # Where logs, stage-1 text features, checkpoints and results go.

@@ -106,6 +106,9 @@ RULES = {
     'DATALOADER.SKIP_BAD_IMAGES': _BOOL,
     'SOLVER.SEED': _int_at_least(0),
     'SOLVER.AMP': _choice(AMP_MODES),
+    'SOLVER.COMPILE': _BOOL,
+    'SOLVER.RESUME': _PATH_OR_EMPTY,
+    'SOLVER.KEEP_CHECKPOINTS': _int_at_least(0),
     'SOLVER.STAGE1.IMS_PER_BATCH': _int_at_least(1),
     'SOLVER.STAGE1.OPTIMIZER_NAME': _choice(OPTIMIZERS),
     'SOLVER.STAGE1.BASE_LR': _POSITIVE,
@@ -144,6 +147,9 @@ RULES = {
     'TEST.RE_RANKING_K2': _int_at_least(1),
     'TEST.RE_RANKING_LAMBDA': _number_in(0, 1),
     'TEST.SAVE_FEATURES': _BOOL,
+    'TEST.VISUALIZE': _BOOL,
+    'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
+    'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
     'OUTPUT_DIR': _NON_EMPTY,
 }
 
@@ -171,6 +177,9 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if batch % k or batch // k < 2:
         _fail('DATALOADER.NUM_INSTANCE', k, f'must divide SOLVER.STAGE2.IMS_PER_BATCH ({batch}) into '
               'at least 2 identities per batch')
+    if list(cfg.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
+        _fail('INPUT.SIZE_TEST', list(cfg.INPUT.SIZE_TEST), f'must equal INPUT.SIZE_TRAIN '
+              f'({list(cfg.INPUT.SIZE_TRAIN)}): the position grid of the image tower is built for that size')
     if cfg.SOLVER.STAGE1.WARMUP_EPOCHS > cfg.SOLVER.STAGE1.MAX_EPOCHS:
         _fail('SOLVER.STAGE1.WARMUP_EPOCHS', cfg.SOLVER.STAGE1.WARMUP_EPOCHS,
               f'exceeds SOLVER.STAGE1.MAX_EPOCHS ({cfg.SOLVER.STAGE1.MAX_EPOCHS})')

@@ -113,6 +113,22 @@ class ReIDDataset:
             by_view[view] = items
         return by_view
 
+    def image_paths(self) -> list[str]:
+        """Every image path the dataset uses (training, per-view training, query, gallery, eval splits), once."""
+        groups = [self.train, self.query, self.gallery, *self.train_by_view.values()]
+        groups += [items for split in self._eval_splits.values() for items in split]
+        return list(dict.fromkeys(item[0] for items in groups for item in items))
+
+    def drop_images(self, paths: set[str]) -> None:
+        """Remove the items of `paths` from every list, so loaders never meet them and features stay
+        aligned with labels. Identity labels (and num_train_pids) are kept as they are."""
+        def keep(items: list[Item]) -> list[Item]:
+            return [item for item in items if item[0] not in paths]
+
+        self.train, self.query, self.gallery = keep(self.train), keep(self.query), keep(self.gallery)
+        self.train_by_view = {view: keep(items) for view, items in self.train_by_view.items()}
+        self._eval_splits = {mode: (keep(query), keep(gallery)) for mode, (query, gallery) in self._eval_splits.items()}
+
     def eval_split(self, mode: str) -> tuple[list[Item], list[Item]]:
         """(query items, gallery items) of an evaluation mode: 'S2G', 'G2S' or 'DDC'."""
         if mode not in EVAL_MODES:

@@ -1,4 +1,5 @@
 """CLIP image tower for re-ID: overlapping patches, resized position grid, side information (SIE)."""
+import logging
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -7,6 +8,8 @@ from torch import nn
 
 from model.blocks import check_plain_blocks, run_block
 from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def patch_grid(image_size: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> Tuple[int, int]:
@@ -52,6 +55,13 @@ class ReIDImageEncoder(nn.Module):
         self.patch_size = patch
         self.width = width
         self.grid_size = patch_grid(image_size, patch, stride)
+        # Like CLIP-ReID, the grid is floored: an image size that the stride does not step evenly leaves
+        # its last rows/columns unseen. The published 256x128 at stride 12 does that (4 columns): a note.
+        unseen = [size - k - (g - 1) * s for size, k, s, g in zip(image_size, patch, stride, self.grid_size)]
+        if any(unseen):
+            logger.info(f'INPUT.SIZE_TRAIN {list(image_size)} with patch {list(patch)} and MODEL.STRIDE_SIZE '
+                        f'{list(stride)}: a {self.grid_size[0]}x{self.grid_size[1]} patch grid; the last '
+                        f'{unseen[0]} pixel row(s) and {unseen[1]} column(s) are not seen')
 
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=stride, bias=False)
         with torch.no_grad():

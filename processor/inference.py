@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from datasets.make_dataloader import make_ordered_loader
-from utils import atomic_io
+from utils import atomic_io, distributed
 from utils.errors import UserError
 from utils.metrics import evaluate
+from utils.progress import progress
 from utils.reranking import re_ranking
 from utils.device import autocast
 
@@ -18,7 +19,7 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None) -> tor
     """Test features of every image of an ordered loader, as float32 on `device`."""
     model.eval()
     chunks = []
-    for images, _, camids, viewids, _ in loader:
+    for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
         with autocast(device, amp_dtype):
             feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
                           view_label=viewids.to(device))
@@ -45,7 +46,10 @@ def _columns(items: list) -> dict:
 def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=None) -> dict:
     """Extract the union of every mode's query and gallery images once; rank and score each mode.
 
-    Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf'}}.
+    Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf', 'per_query_ap',
+    'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the ranked lists).
+    Distributed: each rank extracts its block of the images; rank 0 gathers, ranks and reports, and the
+    other ranks get {mode: {'metrics': dict}} (rank 0's metrics).
     """
     modes = eval_modes(cfg, dataset)
     splits = {mode: dataset.eval_split(mode) for mode in modes}
@@ -54,7 +58,11 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
         for item in (*query, *gallery):
             index_of.setdefault(item[0], (len(index_of), item))
     items = [item for _, item in sorted(index_of.values(), key=lambda pair: pair[0])]
-    feats = extract_features(model, make_ordered_loader(cfg, items, device), device, amp_dtype)
+    feats = extract_features(model, make_ordered_loader(cfg, distributed.local_shard(items), device), device,
+                             amp_dtype)
+    feats = distributed.gather_shards(feats, len(items))
+    if not distributed.is_main():
+        return distributed.broadcast_object(None)
 
     outcome = {}
     for mode, (query, gallery) in splits.items():
@@ -68,9 +76,15 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             distmat = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
                                  lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
         metrics = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'], g['views'],
-                           mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat)
+                           mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat,
+                           return_per_query=True)
         logger.info(format_metrics(metrics))
-        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf)
+        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf,
+                             per_query_ap=metrics.pop('per_query_ap'),
+                             valid_query_index=metrics.pop('valid_query_index'))
+        if distmat is not None and cfg.TEST.VISUALIZE:
+            outcome[mode]['distmat'] = distmat
+    distributed.broadcast_object({mode: {'metrics': result['metrics']} for mode, result in outcome.items()})
     return outcome
 
 
@@ -88,8 +102,10 @@ def results_record(metrics: dict) -> dict:
 
 
 def write_results(output_dir: str, outcome: dict, save_features: bool) -> list:
-    """results_<MODE>.json for each mode, and features_<MODE>.npz (plain arrays) when asked."""
+    """results_<MODE>.json for each mode, and features_<MODE>.npz (plain arrays) when asked (rank 0 only)."""
     written = []
+    if not distributed.is_main():
+        return written
     for mode, result in outcome.items():
         path = os.path.join(output_dir, f'results_{mode}.json')
         atomic_io.write_text(path, json.dumps(results_record(result['metrics']), indent=1, default=float))

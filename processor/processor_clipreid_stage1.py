@@ -20,8 +20,10 @@ from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
 from solver.scheduler import CosineWarmupLR
-from utils import atomic_io
+from utils import atomic_io, distributed
 from utils.device import autocast
+from utils.metrics_log import append_record
+from utils.progress import progress
 
 CACHE_NAME = 'stage1_text_features.pt'
 
@@ -85,16 +87,18 @@ def load_cache(path: str) -> dict:
 def _image_features(model, cfg, items: list, device, amp_dtype) -> torch.Tensor:
     chunks = []
     model.eval()
-    for images, *_ in make_ordered_loader(cfg, items, device):
+    loader = make_ordered_loader(cfg, distributed.local_shard(items), device)
+    for images, *_ in progress(loader, desc='stage 1 image features', leave=False, unit='batch'):
         with autocast(device, amp_dtype):
             chunks.append(model.encode_image_proj(images.to(device)).float())
-    return torch.cat(chunks)
+    return distributed.gather_shards(torch.cat(chunks), len(items))
 
 
 @torch.no_grad()
 def _all_text_features(model, view: str, num_classes: int, batch: int, device) -> torch.Tensor:
-    labels = torch.arange(num_classes, device=device)
-    return torch.cat([model.text_features(view, chunk).float() for chunk in labels.split(batch)])
+    labels = distributed.local_shard(torch.arange(num_classes, device=device))
+    features = torch.cat([model.text_features(view, chunk).float() for chunk in labels.split(batch)])
+    return distributed.gather_shards(features, num_classes)
 
 
 def learn_view(cfg, model, view: str, items: list, num_classes: int, device, logger, amp_dtype=None):
@@ -114,24 +118,32 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
     epoch_losses = []
     logger.info(f"Stage 1 [{view}]: {len(items)} images, {labels.unique().numel()} identities, "
                 f"{solver.MAX_EPOCHS} epochs")
-    for epoch in range(1, solver.MAX_EPOCHS + 1):
+    epochs = progress(range(1, solver.MAX_EPOCHS + 1), desc=f'stage 1 [{view}]', unit='epoch', logger=logger)
+    for epoch in epochs:
         order = torch.randperm(len(items), generator=generator).to(device)
         total, steps = 0.0, 0
         for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
             target = labels[batch]
-            with autocast(device, amp_dtype):
-                text = model.text_features(view, target).float()
+            with autocast(device, amp_dtype):  # each rank encodes its share of the batch's prompts
+                text = model.text_features(view, distributed.local_shard(target)).float()
+            text = distributed.gather_shards(text, len(target), keep_grad=True)
             image = image_feats[batch]
             loss = supcon(image, text, target, target) + supcon(text, image, target, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads(learner.parameters())
             optimizer.step()
+            distributed.check_replicas(learner.parameters(), f'stage 1 [{view}] epoch {epoch} step {step}')
             total, steps = total + loss.item(), steps + 1
             if step % solver.LOG_PERIOD == 0:
                 logger.info(f"Stage 1 [{view}] epoch {epoch} iter {step}: loss {loss.item():.4f}")
+                append_record(cfg.OUTPUT_DIR, 'stage1_iter', view=view, epoch=epoch, iter=step, loss=loss.item())
         epoch_losses.append(total / steps)
-        logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, "
-                    f"lr {scheduler.get_last_lr()[0]:.2e}")
+        lr = scheduler.get_last_lr()[0]
+        logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, lr {lr:.2e}")
+        append_record(cfg.OUTPUT_DIR, 'stage1_epoch', view=view, epoch=epoch, epochs=solver.MAX_EPOCHS,
+                      loss=total / steps, lr=lr)
+        epochs.set_postfix(loss=f'{total / steps:.4f}', lr=f'{lr:.2e}')
         scheduler.step()
     learner.eval()
     return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu(), epoch_losses
@@ -140,11 +152,12 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
 def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, amp_dtype=None) -> dict:
     """Text features per learned view {view: [num_classes, embed_dim]}, from the cache when it matches."""
     path = os.path.join(cfg.OUTPUT_DIR, CACHE_NAME)
-    cache = load_cache(path)
+    cache = distributed.broadcast_object(load_cache(path) if distributed.is_main() else None)
     features = {}
     for view in text_views_to_learn(cfg):
         items = stage1_items(train_items, view)
-        fingerprint = cache_fingerprint(cfg, view, items)
+        # Rank 0's fingerprint (file times of PRETRAIN_PATH may differ between nodes): all ranks decide alike.
+        fingerprint = distributed.broadcast_object(cache_fingerprint(cfg, view, items))
         cached = cache.get(view)
         if isinstance(cached, dict) and cached.get('fingerprint') == fingerprint:
             logger.info(f"Stage 1 [{view}]: reusing the text features cached in {path}")
@@ -154,5 +167,6 @@ def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, 
             logger.info(f"Stage 1 [{view}]: the cached text features are out of date; rebuilding")
         features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
         cache[view] = {'fingerprint': fingerprint, 'text_features': features[view]}
-        atomic_io.torch_save(cache, path)
+        if distributed.is_main():
+            atomic_io.torch_save(cache, path)
     return features

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasets.synthetic_mssl import generate
 from tests.conftest import tiny_opts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +62,14 @@ def test_all_mode_and_untrained_backbone(tiny_mssl, tmp_path):
         'results_DDC.json', 'results_G2S.json', 'results_S2G.json']
 
 
-def test_seed_commands_without_clip_weights_stop_with_the_weights_message(tiny_mssl, tmp_path):
+def test_seed_commands_without_clip_weights_stop_with_the_weights_message(tmp_path):
+    # Enough identities for the recipe's 16 x 4 batches, so the commands run exactly as the seed writes them.
+    root = str(tmp_path / 'mssl')
+    generate(root, train_ids=16, test_ids=2, images_per_view=2, seed=1)
     env = {**__import__('os').environ, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'),
            'XDG_CACHE_HOME': str(tmp_path / 'cache')}
     common = ['--config_file', 'configs/person/vit_clipreid.yml', *SEED_OPTS,
-              'DATASETS.ROOT_DIR', tiny_mssl, 'OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.DEVICE', 'cpu']
+              'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.DEVICE', 'cpu']
     for script, extra in (('train_clipreid.py', []), ('test_clipreid.py', ['TEST.EVAL_MODE', 'S2G'])):
         result = run_script(script, *common, *extra, env=env)
         assert result.returncode == 2

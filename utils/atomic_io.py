@@ -6,11 +6,16 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from utils.errors import UserError
+
 
 @contextmanager
 def _atomic_path(path: str):
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror or err}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -20,6 +25,14 @@ def _atomic_path(path: str):
         with open(tmp, 'rb') as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: the previous file is still intact
+        raise UserError(f"cannot write '{path}': {err.strerror or err}; the previous version, if any, is "
+                        f"intact") from None
+    except RuntimeError as err:
+        if 'PytorchStreamWriter' not in str(err):  # torch.save's way of reporting a failed write
+            raise
+        raise UserError(f"cannot write '{path}': {str(err).splitlines()[0]}; the previous version, if any, "
+                        f"is intact") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -39,3 +52,8 @@ def savez(path: str, **arrays) -> None:
     # A file object, because np.savez appends '.npz' to a path that does not end with it.
     with _atomic_path(path) as tmp, open(tmp, 'wb') as handle:
         np.savez(handle, **arrays)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with _atomic_path(path) as tmp, open(tmp, 'wb') as handle:
+        handle.write(data)

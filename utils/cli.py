@@ -1,9 +1,12 @@
 """What train_clipreid.py and test_clipreid.py share: arguments, config, output folder, logger, device."""
 import argparse
 import os
+import tempfile
 
 from config import load_config
 from datasets import init_dataset
+from datasets.image_check import skip_unreadable_images
+from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
 from utils.logger import setup_logger
@@ -23,6 +26,10 @@ def prepare_output_dir(path: str) -> None:
         raise UserError(f"OUTPUT_DIR '{path}' cannot be created: {err.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"OUTPUT_DIR '{path}' is not writable")
+    try:  # os.access says yes to root on a read-only file system
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise UserError(f"OUTPUT_DIR '{path}' is not writable: {err.strerror}") from None
 
 
 class Run:
@@ -31,14 +38,20 @@ class Run:
     def __init__(self, argv, description: str, log_file: str, logger_name: str):
         args = parse_args(description, argv)
         self.cfg = cfg = load_config(args.config_file, args.opts)
-        prepare_output_dir(cfg.OUTPUT_DIR)
-        self.logger = setup_logger(logger_name, cfg.OUTPUT_DIR, log_file)
+        main_process = distributed.is_main()  # under torchrun only rank 0 writes files and logs
+        if main_process:
+            prepare_output_dir(cfg.OUTPUT_DIR)
+        self.logger = distributed.quiet_unless_main(
+            setup_logger(logger_name, cfg.OUTPUT_DIR if main_process else '', log_file))
         self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts)}")
         self.logger.info('running with config:\n' + cfg.dump())
         seed_everything(cfg.SOLVER.SEED)
-        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.device = distributed.setup(resolve_device(cfg.MODEL.DEVICE))
         self.amp_dtype = autocast_dtype(cfg.SOLVER.AMP, self.device)
-        self.logger.info(f"device: {self.device}; mixed precision: {self.amp_dtype or 'off'}")
+        self.logger.info(f"device: {self.device}; mixed precision: {self.amp_dtype or 'off'}; "
+                         f"{distributed.describe()}")
         self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+        if cfg.DATALOADER.SKIP_BAD_IMAGES:
+            skip_unreadable_images(self.dataset, cfg.DATALOADER.NUM_WORKERS, self.logger)
         self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
                          + self.dataset.statistics_table())

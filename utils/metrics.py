@@ -168,7 +168,7 @@ def _query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.T
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode: str,
              max_rank: int = 50, chunk_size: int = 1024, device=None, feat_norm: bool = True,
-             distmat=None) -> dict:
+             distmat=None, return_per_query: bool = False) -> dict:
     """CMC / mAP / mINP of `mode` for queries that are already the mode's subset.
 
     Removal rule: S2G and G2S drop gallery items with the query's pid and view, DDC those with
@@ -176,6 +176,8 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     `device` (default: the features' device), `chunk_size` queries at a time; peak memory is
     about 3 * chunk_size * num_gallery * 4 bytes on top of the features. `distmat` ([Nq, Ng],
     e.g. from re-ranking) replaces the feature distances when given (qf/gf are then ignored).
+    With `return_per_query`, the result also holds 'per_query_ap' (float64, one per counted query)
+    and 'valid_query_index' (int64, the index of each counted query among the given ones).
     """
     _check_mode(mode)
     for name, value in (('max_rank', max_rank), ('chunk_size', chunk_size)):
@@ -223,6 +225,7 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     first_hit_hist = torch.zeros(hist_len + 1, dtype=torch.int64, device=device)
     ap_sum = inp_sum = 0.0
     num_valid = 0
+    per_query_ap, valid_index = [], []
     for start in range(0, num_query, chunk_size):
         stop = min(start + chunk_size, num_query)
         if distmat is None:
@@ -260,11 +263,14 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
         ap_sum += float(ap.sum())
         inp_sum += float(inp.sum())
         num_valid += int(valid.sum())
+        if return_per_query:
+            per_query_ap.append(ap.cpu().numpy())
+            valid_index.append(valid.nonzero().squeeze(1).cpu().numpy() + start)
 
     if num_valid == 0:
         raise UserError(f"no query of mode {mode} has a positive in the gallery")
     hits = torch.cumsum(first_hit_hist[:hist_len], 0).cpu().numpy().astype(np.float64) / num_valid
-    return {
+    result = {
         'mode': mode,
         'mAP': ap_sum / num_valid,
         'mINP': inp_sum / num_valid,
@@ -276,3 +282,7 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
         'num_valid_query': num_valid,
         'num_gallery': num_gallery,
     }
+    if return_per_query:
+        result['per_query_ap'] = np.concatenate(per_query_ap).astype(np.float64)
+        result['valid_query_index'] = np.concatenate(valid_index).astype(np.int64)
+    return result

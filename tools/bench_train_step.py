@@ -1,0 +1,242 @@
+"""Benchmark one stage-2 training step (forward, the whole MSP loss, backward, optimizer step) of a
+randomly initialised ReIDModel, in several precision / attention / compile / memory-layout variants.
+
+Each variant runs in its own process (own memory high-water mark, own compile cache) on the same
+seeded weights and batch; the forward features of the first step are compared with the fp32 fused
+(SDPA) variant, which is what the framework runs by default.
+
+  published-style  nn.MultiheadAttention module calls, as the published CLIP-ReID code (fp16 autocast
+                   on CUDA as it does; fp32 on CPU, where it has no mixed precision)
+  explicit         softmax(Q K^T / sqrt(d)) V with the score matrix materialised
+  sdpa             ours: F.scaled_dot_product_attention (fused kernels)
+  +bf16 / +fp16    autocast (SOLVER.AMP)
+  +compile         torch.compile of the model (SOLVER.COMPILE)
+  +channels_last   model and images in channels-last memory format
+  +fused-adam      Adam with one fused multi-tensor kernel over a few merged parameter groups
+                   (instead of one group per parameter as make_optimizer_stage2 builds them)
+
+Usage: python tools/bench_train_step.py [--model ViT-B-16 --batch 8 --steps 3 --out bench_train_step.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (attention_path, describe_machine, machine_info, print_table,  # noqa: E402
+                          run_worker, sync, write_report)
+
+from loss.make_loss import msp_stage2_loss  # noqa: E402
+from loss.softmax_loss import CrossEntropyLabelSmooth  # noqa: E402
+from loss.triplet_loss import TripletLoss  # noqa: E402
+from model.clip_loader import build_clip  # noqa: E402
+from model.make_model_clipreid import ReIDModel  # noqa: E402
+from solver.make_optimizer import make_optimizer_stage2  # noqa: E402
+from utils.device import autocast  # noqa: E402
+
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+REFERENCE = 'sdpa fp32'
+CPU_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa fp32 +channels_last', 'sdpa bf16',
+                'sdpa bf16 +fused-adam', 'sdpa bf16 +compile +fused-adam')
+CUDA_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa bf16', 'sdpa bf16 +fused-adam',
+                 'sdpa bf16 +channels_last +fused-adam', 'sdpa bf16 +compile +fused-adam')
+
+
+def parse_variant(name: str, device: torch.device) -> dict:
+    if name == 'published-style':
+        return {'attention': 'module', 'precision': 'fp16' if device.type == 'cuda' else 'fp32',
+                'compile': False, 'channels_last': False, 'fused_adam': False}
+    words = name.split()
+    attention, precision, flags = words[0], words[1], set(words[2:])
+    if attention not in ('sdpa', 'explicit', 'module') or precision not in DTYPES or \
+            not flags <= {'+compile', '+channels_last', '+fused-adam'}:
+        raise SystemExit(f"unknown variant '{name}'")
+    return {'attention': attention, 'precision': precision, 'compile': '+compile' in flags,
+            'channels_last': '+channels_last' in flags, 'fused_adam': '+fused-adam' in flags}
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs, sampled every few milliseconds
+    (torch's CPU allocator has no peak counter; ru_maxrss would include the setup's own peak)."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+    def _poll(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+
+def merged_fused_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay_bias, device):
+    """The same learning rates and decays as make_optimizer_stage2, in two groups, fused kernel."""
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' not in n]
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' in n]
+    groups = [{'params': weights, 'lr': base_lr, 'weight_decay': weight_decay},
+              {'params': biases, 'lr': base_lr * bias_lr_factor, 'weight_decay': weight_decay_bias}]
+    return torch.optim.Adam(groups, lr=base_lr, fused=True)
+
+
+def worker(spec: dict) -> dict:
+    device = torch.device(spec['device'])
+    variant = parse_variant(spec['variant'], device)
+    torch.manual_seed(0)
+    clip = build_clip(spec['model'])
+    cameras, views = 15, 2
+    model = ReIDModel(clip, spec['num_classes'], camera_num=cameras, view_num=views,
+                      image_size=spec['size'], stride=spec['stride'], sie_camera=True, sie_view=True,
+                      sie_coe=0.5, model_name=spec['model']).to(device).train()
+    del clip
+    embed_dim = model.image_encoder.embed_dim
+    generator = torch.Generator().manual_seed(1)
+    text = {view: torch.nn.functional.normalize(torch.randn(spec['num_classes'], embed_dim, generator=generator),
+                                                dim=1).to(device) for view in ('ground', 'sky')}
+    terms = [(text['ground'], 'all', 1.0), (text['sky'], 'ground', 0.1)]
+    batch, k = spec['batch'], 4
+    images = torch.randn(batch, 3, *spec['size'], generator=generator).to(device)
+    pids = torch.arange(batch // k).repeat_interleave(k).to(device)
+    camids = torch.randint(0, cameras, (batch,), generator=generator).to(device)
+    viewids = (camids % 2).to(device)
+
+    base_lr, decay = 5e-6, 1e-4
+    if variant['fused_adam']:
+        optimizer = merged_fused_adam(model, base_lr, decay, 2.0, decay, device)
+    else:
+        optimizer = make_optimizer_stage2(model.named_parameters(), base_lr, decay)
+    if variant['channels_last']:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if variant['compile'] else model
+    dtype = DTYPES[variant['precision']]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    id_loss, triplet = CrossEntropyLabelSmooth(spec['num_classes']), TripletLoss(margin=0.3)
+
+    def step():
+        with autocast(device, dtype):
+            out = forward(images, cam_label=camids, view_label=viewids)
+        loss, _ = msp_stage2_loss(out, pids, viewids, terms, id_loss, triplet, 1.0, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item(), out['feats'][1].detach().float().cpu()
+
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    with attention_path(variant['attention']), PeakRss() as rss:
+        sync(device)
+        start = time.perf_counter()
+        first_loss, first_feat = step()
+        first_step_s = time.perf_counter() - start
+        for _ in range(spec['warmup'] - 1):
+            step()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(spec['steps']):
+            step()
+        sync(device)
+        seconds = (time.perf_counter() - start) / spec['steps']
+    np.save(spec['feature_file'], first_feat.numpy())
+    result = {'variant': spec['variant'], **variant, 'step_s': seconds, 'images_per_s': batch / seconds,
+              'first_step_s': first_step_s, 'first_loss': first_loss,
+              'rss_before_mib': rss.start / 2**20, 'rss_peak_mib': rss.peak / 2**20,
+              'step_memory_mib': (rss.peak - rss.start) / 2**20}
+    if device.type == 'cuda':
+        result['cuda_peak_mib'] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', default='ViT-B-16')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch', type=int, default=None, help='default: 64 on CUDA, 8 on CPU')
+    parser.add_argument('--size', type=int, nargs=2, default=[256, 128])
+    parser.add_argument('--stride', type=int, nargs=2, default=[12, 12])
+    parser.add_argument('--num-classes', type=int, default=1050)
+    parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 20 on CUDA, 3 on CPU)')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed steps first (at least 2 with +compile: it compiles in the first)')
+    parser.add_argument('--variants', nargs='+', default=None,
+                        help=f"default CPU: {', '.join(CPU_VARIANTS)}; CUDA: {', '.join(CUDA_VARIANTS)}")
+    parser.add_argument('--timeout', type=float, default=900, help='seconds per variant')
+    parser.add_argument('--out', default='bench_train_step.json')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    device = torch.device(args.device)
+    on_cuda = device.type == 'cuda'
+    batch = args.batch or (64 if on_cuda else 8)
+    steps = args.steps or (20 if on_cuda else 3)
+    variants = args.variants or (CUDA_VARIANTS if on_cuda else CPU_VARIANTS)
+    if REFERENCE not in variants:
+        variants = [REFERENCE, *variants]
+    info = machine_info(device)
+    grid = [(s - 16) // t + 1 for s, t in zip(args.size, args.stride)]
+    print(f"stage-2 step, {args.model} random init, {args.size[0]}x{args.size[1]} stride {args.stride} "
+          f"({grid[0]}x{grid[1]}+1 = {grid[0] * grid[1] + 1} tokens), batch {batch}, {steps} timed steps "
+          f"after {args.warmup} warm-up (2 with +compile); {describe_machine(info)}", flush=True)
+
+    rows, features = [], {}
+    scratch = Path(args.out).with_suffix('.features')
+    scratch.mkdir(exist_ok=True)
+    for n, name in enumerate(variants):
+        spec = {'variant': name, 'model': args.model, 'device': args.device, 'batch': batch, 'size': args.size,
+                'stride': args.stride, 'num_classes': args.num_classes, 'steps': steps,
+                'warmup': max(args.warmup, 2 if '+compile' in name else 1), 'feature_file': str((scratch / f'{n}.npy').resolve())}
+        row = run_worker(str(Path(__file__).resolve()), spec, args.timeout)
+        features[name] = np.load(spec['feature_file'])
+        rows.append(row)
+        print(f"  {name}: {row['images_per_s']:.2f} images/s", flush=True)
+    for path in scratch.iterdir():
+        path.unlink()
+    scratch.rmdir()
+
+    reference = features[REFERENCE]
+    scale = float(np.abs(reference).max())
+    published = next((r for r in rows if r['variant'] == 'published-style'), None)
+    for row in rows:
+        row['max_abs_diff_vs_sdpa_fp32'] = float(np.abs(features[row['variant']] - reference).max())
+        row['rel_diff_vs_sdpa_fp32'] = row['max_abs_diff_vs_sdpa_fp32'] / scale
+        row['speedup_vs_published_style'] = (row['images_per_s'] / published['images_per_s']) if published else None
+        row['step_ms'] = row['step_s'] * 1e3
+        row['memory_mib'] = row.get('cuda_peak_mib', row['step_memory_mib'])
+    memory_header = 'peak CUDA MiB' if on_cuda else 'step RSS MiB'
+    print_table(rows, [('variant', 'variant', ''), ('images_per_s', 'images/s', '.2f'),
+                       ('step_ms', 'step ms', '.0f'), ('speedup_vs_published_style', 'x published', '.2f'),
+                       ('memory_mib', memory_header, '.0f'), ('first_step_s', 'first step s', '.1f'),
+                       ('rel_diff_vs_sdpa_fp32', 'feat rel diff', '.1e'), ('first_loss', 'loss', '.4f')])
+    print(f"{memory_header}: " + ('torch.cuda.max_memory_allocated over all steps (weights included)'
+                                  if on_cuda else 'peak resident memory during all steps minus before the first '
+                                  '(activations, gradients, optimizer state; with +compile also the compiler)'))
+    print("feat rel diff: max |feature - sdpa fp32 feature| / max |sdpa fp32 feature|, first step's forward")
+    write_report(args.out, {'args': vars(args), 'batch': batch, 'steps': steps, 'machine': info,
+                            'load_average_at_end': os.getloadavg(), 'rows': rows})
+
+
+if __name__ == '__main__':
+    main()

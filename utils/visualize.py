@@ -1,0 +1,372 @@
+"""What a person looks at after a run: ranked lists, CMC curves, training curves and results.md.
+
+- Ranked lists (`TEST.VISUALIZE`): per mode, ranked_<MODE>.png shows a few easy queries and the
+  hardest ones (lowest AP), each with its top-k gallery images after the mode's removal rule; the
+  border is green for the query's identity and red for another; every picture is labelled with
+  its camera, view (sky/ground) and identity.
+- cmc.png: the CMC curve (ranks 1-50) of every evaluated mode.
+- training_curves.png: stage-1 loss per text view, stage-2 loss, accuracy, and mAP / Rank-1 per mode
+  over the epochs, read from metrics.jsonl.
+- results.md: one table of every evaluated mode.
+
+Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no global backend change);
+ranked lists are composed with PIL. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from datasets.bases import VIEW_NAMES
+from utils import atomic_io, distributed
+from utils.metrics import _query_distances, evaluate
+from utils.metrics_log import metrics_path, read_records, training_history
+
+MATCH_COLOR = (0, 170, 0)
+MISS_COLOR = (220, 0, 0)
+QUERY_COLOR = (40, 90, 220)
+BACKGROUND = (255, 255, 255)
+PAD_COLOR = (210, 210, 210)
+TEXT_COLOR = (20, 20, 20)
+
+# Camera names as the dataset's file names write them (camid is 0-based).
+_CAMERA_NAMES = {
+    'mssl': lambda camid: f'c{camid + 1:02d}',
+    'market1501': lambda camid: f'c{camid + 1}',
+    'agreid': lambda camid: f'C{camid}',
+}
+
+
+def camera_name(dataset_name: str, camid: int) -> str:
+    return _CAMERA_NAMES.get(dataset_name, lambda c: f'cam{c}')(int(camid))
+
+
+def view_name(viewid: int) -> str:
+    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-query ranking
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RankedQuery:
+    query: int            # index among the mode's queries
+    tag: str              # 'easy' or 'hard'
+    ap: float
+    gallery: np.ndarray   # top-k gallery indices, best first, removal rule applied
+    match: np.ndarray     # bool per gallery entry: same identity as the query
+    dist: np.ndarray
+
+
+def select_queries(per_query_ap, valid_query_index, count: int) -> list[tuple[int, str, float]]:
+    """(query index, 'easy' | 'hard', AP): the count // 3 highest-AP queries, then the lowest-AP
+    ones, hardest first (ties: lower query index first)."""
+    ap = np.asarray(per_query_ap, dtype=np.float64)
+    index = np.asarray(valid_query_index, dtype=np.int64)
+    count = min(int(count), len(ap))
+    num_easy = count // 3
+    easy = list(np.argsort(-ap, kind='stable')[:num_easy])
+    taken = set(easy)
+    hard = [i for i in np.argsort(ap, kind='stable') if i not in taken][:count - num_easy]
+    return ([(int(index[i]), 'easy', float(ap[i])) for i in easy]
+            + [(int(index[i]), 'hard', float(ap[i])) for i in hard])
+
+
+def removal_mask(mode: str, query_index, query: dict, gallery: dict) -> np.ndarray:
+    """[n, Ng] True where a gallery item is removed for a query, by the protocol's rule
+    (utils/metrics.py): S2G and G2S remove the query's pid in its view, DDC its pid in its camera."""
+    attribute = 'camids' if mode == 'DDC' else 'views'
+    query_index = np.asarray(query_index, dtype=np.int64)
+    same_pid = gallery['pids'][None, :] == query['pids'][query_index][:, None]
+    same_attr = gallery[attribute][None, :] == query[attribute][query_index][:, None]
+    return same_pid & same_attr
+
+
+def rank_queries(mode: str, picks: list[tuple[int, str, float]], query: dict, gallery: dict, qf=None,
+                 gf=None, distmat=None, topk: int = 10, feat_norm: bool = True) -> list[RankedQuery]:
+    """Top-k of each picked query, ranked as the evaluator ranks: ascending squared Euclidean
+    distance (on L2-normalised features when feat_norm; or the rows of `distmat`), ties by
+    gallery index, after the removal rule."""
+    if not picks:
+        return []
+    index = np.array([p[0] for p in picks], dtype=np.int64)
+    if distmat is not None:
+        dist = torch.as_tensor(distmat)[torch.as_tensor(index)].cpu()
+        dist = dist if dist.dtype == torch.float64 else dist.float()  # the evaluator's precision
+    else:
+        qf, gf = torch.as_tensor(qf).float(), torch.as_tensor(gf).float()
+        chosen = qf[torch.as_tensor(index, device=qf.device)]
+        if feat_norm:
+            chosen, gf = F.normalize(chosen, dim=1), F.normalize(gf, dim=1)
+        dist = _query_distances(chosen, (chosen * chosen).sum(1), gf, (gf * gf).sum(1)).cpu()
+    removed = torch.from_numpy(removal_mask(mode, index, query, gallery))
+    dist = dist.masked_fill(removed, float('inf'))
+    order = torch.sort(dist, dim=1, stable=True).indices.numpy()
+    kept = (~removed).sum(1).numpy()
+    ranked = []
+    for row, (q_index, tag, ap) in enumerate(picks):
+        top = order[row, :min(topk, int(kept[row]))]
+        ranked.append(RankedQuery(query=q_index, tag=tag, ap=ap, gallery=top,
+                                  match=gallery['pids'][top] == query['pids'][q_index],
+                                  dist=dist[row, top].numpy()))
+    return ranked
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranked-list picture
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Geometry of a ranked-list picture; column 0 is the query, columns 1..k its gallery."""
+    image_size: tuple[int, int] = (128, 64)  # (height, width) of the picture inside a border
+    border: int = 4
+    text_height: int = 28     # two text lines under each picture
+    header_height: int = 16   # one text line above each row
+    title_height: int = 22
+    gap: int = 16             # between the query and its gallery
+    spacing: int = 4          # between gallery cells
+    row_gap: int = 10
+    margin: int = 8
+
+    @property
+    def cell_size(self) -> tuple[int, int]:
+        """(width, height) of a bordered picture."""
+        return self.image_size[1] + 2 * self.border, self.image_size[0] + 2 * self.border
+
+    @property
+    def row_height(self) -> int:
+        return self.header_height + self.cell_size[1] + self.text_height
+
+    def canvas_size(self, rows: int, topk: int) -> tuple[int, int]:
+        cell_w = self.cell_size[0]
+        width = 2 * self.margin + cell_w + self.gap + topk * cell_w + max(topk - 1, 0) * self.spacing
+        height = 2 * self.margin + self.title_height + rows * self.row_height + max(rows - 1, 0) * self.row_gap
+        return width, height
+
+    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
+        """Top-left corner of the bordered picture in `row`, `col`."""
+        cell_w = self.cell_size[0]
+        x = self.margin + (0 if col == 0 else cell_w + self.gap + (col - 1) * (cell_w + self.spacing))
+        y = self.margin + self.title_height + row * (self.row_height + self.row_gap) + self.header_height
+        return x, y
+
+
+def _font(size: int = 11):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fitted(path: str, size: tuple[int, int]) -> Image.Image:
+    """The image scaled to fit (height, width), centred on a neutral pad; a cross if unreadable."""
+    height, width = size
+    canvas = Image.new('RGB', (width, height), PAD_COLOR)
+    try:
+        with Image.open(path) as img:
+            img = img.convert('RGB')
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        draw = ImageDraw.Draw(canvas)
+        draw.line((0, 0, width, height), fill=MISS_COLOR, width=2)
+        draw.line((0, height, width, 0), fill=MISS_COLOR, width=2)
+        return canvas
+    scale = min(width / img.width, height / img.height)
+    resized = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.BICUBIC)
+    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
+    return canvas
+
+
+def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, row: int, col: int,
+               path: str, color: tuple, lines: list[str], font) -> None:
+    x, y = layout.cell_origin(row, col)
+    cell_w, cell_h = layout.cell_size
+    draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=color)
+    canvas.paste(_fitted(path, layout.image_size), (x + layout.border, y + layout.border))
+    for k, line in enumerate(lines):
+        draw.text((x, y + cell_h + 2 + 13 * k), line, fill=TEXT_COLOR, font=font)
+
+
+def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, path: str, title: str = '',
+                      dataset_name: str = '', topk: int = 10, layout: Layout = Layout()) -> tuple[int, int]:
+    """One row per ranked query: the query (blue border) and its top-k gallery images (green:
+    same identity, red: another), labelled with rank, camera, view and identity. Returns (w, h)."""
+    width, height = layout.canvas_size(len(ranked), topk)
+    canvas = Image.new('RGB', (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=_font(13))
+
+    def labels(columns: dict, index: int, prefix: str) -> list[str]:
+        cam = camera_name(dataset_name, columns['camids'][index])
+        return [f"{prefix}{cam} {view_name(columns['views'][index])}", f"id {columns['pids'][index]}"]
+
+    for row, entry in enumerate(ranked):
+        x, y = layout.cell_origin(row, 0)
+        name = os.path.basename(str(query['paths'][entry.query]))
+        first_hit = np.flatnonzero(entry.match)
+        hit = f"first match at rank {first_hit[0] + 1}" if first_hit.size else f"no match in the top {topk}"
+        draw.text((x, y - layout.header_height + 2), f"{entry.tag} | AP {entry.ap:.1%} | {hit} | {name}",
+                  fill=TEXT_COLOR, font=font)
+        _draw_cell(canvas, draw, layout, row, 0, str(query['paths'][entry.query]), QUERY_COLOR,
+                   labels(query, entry.query, 'query '), font)
+        for rank, (g_index, match) in enumerate(zip(entry.gallery, entry.match), start=1):
+            _draw_cell(canvas, draw, layout, row, rank, str(gallery['paths'][g_index]),
+                       MATCH_COLOR if match else MISS_COLOR, labels(gallery, g_index, f'{rank}. '), font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format='PNG')
+    atomic_io.write_bytes(path, buffer.getvalue())
+    return width, height
+
+
+def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, int]:
+    """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model)."""
+    query, gallery = result['query'], result['gallery']
+    distmat = result.get('distmat')
+    if 'per_query_ap' in result:
+        per_query_ap, valid_index = result['per_query_ap'], result['valid_query_index']
+    else:
+        scored = evaluate(result['qf'], result['gf'], query['pids'], gallery['pids'], query['camids'],
+                          gallery['camids'], query['views'], gallery['views'], mode,
+                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True)
+        per_query_ap, valid_index = scored['per_query_ap'], scored['valid_query_index']
+    picks = select_queries(per_query_ap, valid_index, cfg.TEST.VISUALIZE_QUERIES)
+    topk = cfg.TEST.VISUALIZE_TOPK
+    ranked = rank_queries(mode, picks, query, gallery, qf=result['qf'], gf=result['gf'], distmat=distmat,
+                          topk=topk, feat_norm=cfg.TEST.FEAT_NORM)
+    num_easy = sum(entry.tag == 'easy' for entry in ranked)
+    title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
+             f"(green: same identity, red: another)")
+    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves
+# ---------------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_figure(figure, path: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png')
+    atomic_io.write_bytes(path, buffer.getvalue())
+
+
+def plot_cmc(cmc_by_mode: dict, path: str, max_rank: int = 50) -> None:
+    """cmc_by_mode: {mode: matching rate per rank, from rank 1}."""
+    figure = _figure(6.4, 4.4)
+    axes = figure.add_subplot()
+    for mode, cmc in cmc_by_mode.items():
+        cmc = np.asarray(cmc, dtype=np.float64)[:max_rank]
+        axes.plot(np.arange(1, len(cmc) + 1), 100 * cmc, marker='.', label=f'{mode} (Rank-1 {cmc[0]:.1%})')
+    axes.set(xlabel='rank', ylabel='matching rate (%)', title='CMC', xlim=(1, max_rank), ylim=(0, 100.5))
+    axes.grid(alpha=0.3)
+    axes.legend(loc='lower right')
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def plot_training_curves(jsonl_path: str, path: str) -> bool:
+    """training_curves.png from a metrics.jsonl; False (nothing written) when it has no epochs."""
+    history = training_history(read_records(jsonl_path))
+    panels = []
+    if history['stage1']:
+        panels.append(('stage 1 loss', {view: (  # one line per text view
+            [r['epoch'] for r in rs], [r['loss'] for r in rs]) for view, rs in history['stage1'].items()}, False))
+    if history['stage2']:
+        epochs = [r['epoch'] for r in history['stage2']]
+        panels.append(('stage 2 loss', {'loss': (epochs, [r['loss'] for r in history['stage2']])}, False))
+        panels.append(('stage 2 ID accuracy (%)',
+                       {'accuracy': (epochs, [100 * r['acc'] for r in history['stage2']])}, False))
+    if history['eval']:
+        series = {}
+        for mode, rs in history['eval'].items():
+            series[f'{mode} mAP'] = ([r['epoch'] for r in rs], [100 * r['mAP'] for r in rs])
+            series[f'{mode} Rank-1'] = ([r['epoch'] for r in rs], [100 * r['rank1'] for r in rs])
+        panels.append(('evaluation (%)', series, True))
+    if not panels:
+        return False
+    from matplotlib.ticker import MaxNLocator
+    figure = _figure(4.2 * len(panels), 3.6)
+    for k, (title, series, markers) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), k + 1)
+        colors = {}
+        for label, (x, y) in series.items():
+            y = [np.nan if v is None else v for v in y]
+            family = label.split()[0]
+            style = '--' if label.endswith('Rank-1') else '-'
+            line, = axes.plot(x, y, style, marker='o' if markers else None, markersize=4, label=label,
+                              color=colors.get(family))
+            colors.setdefault(family, line.get_color())
+        axes.set(title=title, xlabel='epoch')
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        if len(series) > 1:
+            axes.legend(fontsize=8)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Results table and the reports of a run
+# ---------------------------------------------------------------------------------------------
+def results_table(metrics_by_mode: dict) -> str:
+    """A markdown table: mode, mAP, R1, R5, R10, mINP (%), queries (counted/all), gallery."""
+    lines = ['| mode | mAP (%) | R1 (%) | R5 (%) | R10 (%) | mINP (%) | queries | gallery |',
+             '|:--|--:|--:|--:|--:|--:|--:|--:|']
+    for mode, m in metrics_by_mode.items():
+        queries = (str(m['num_query']) if m['num_valid_query'] == m['num_query']
+                   else f"{m['num_valid_query']}/{m['num_query']}")
+        lines.append(f"| {mode} | {100 * m['mAP']:.1f} | {100 * m['rank1']:.1f} | {100 * m['rank5']:.1f} | "
+                     f"{100 * m['rank10']:.1f} | {100 * m['mINP']:.1f} | {queries} | {m['num_gallery']} |")
+    return '\n'.join(lines)
+
+
+def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> list[str]:
+    """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR.
+
+    outcome: processor/inference.evaluate_model's {mode: {'metrics', 'query', 'gallery', 'qf', 'gf'}};
+    details: lines for the head of results.md (e.g. {'weights': path}).
+    """
+    if not distributed.is_main():
+        return []
+    output_dir = cfg.OUTPUT_DIR
+    metrics = {mode: result['metrics'] for mode, result in outcome.items()}
+    table = results_table(metrics)
+    logger.info('results:\n' + table)
+    details = {'dataset': f"{cfg.DATASETS.NAMES} ({cfg.DATASETS.ROOT_DIR})", 'model': cfg.MODEL.NAME,
+               **(details or {})}
+    head = '\n'.join(f'- {key}: {value}' for key, value in details.items())
+    written = [os.path.join(output_dir, 'results.md'), os.path.join(output_dir, 'cmc.png')]
+    atomic_io.write_text(written[0], f"# Results\n\n{head}\n\n{table}\n\n"
+                                     "Percentages; queries without a positive after removal are not counted.\n")
+    plot_cmc({mode: m['cmc'] for mode, m in metrics.items()}, written[1])
+    if cfg.TEST.VISUALIZE:
+        for mode, result in outcome.items():
+            path = os.path.join(output_dir, f'ranked_{mode}.png')
+            ranked_list_for_mode(cfg, mode, result, path)
+            written.append(path)
+    for path in written:
+        logger.info(f"wrote {path}")
+    return written
+
+
+def write_training_curves(output_dir: str, logger) -> str | None:
+    """training_curves.png from OUTPUT_DIR/metrics.jsonl, at the end of training."""
+    source, path = metrics_path(output_dir), os.path.join(output_dir, 'training_curves.png')
+    if not distributed.is_main() or not os.path.isfile(source) or not plot_training_curves(source, path):
+        return None
+    logger.info(f"wrote {path}")
+    return path
