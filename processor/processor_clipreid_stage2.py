@@ -74,6 +74,9 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         first_epoch, history, last_checkpoint = checkpoint.restore_training_state(
             resume, model, optimizer, scheduler, scaler, device, logger)
         resumable = f"{resume['path']} holds the state after epoch {first_epoch - 1}"
+        if first_epoch > solver.MAX_EPOCHS:
+            logger.info(f"nothing left to train: the resume state is at epoch {first_epoch - 1} and "
+                        f"SOLVER.STAGE2.MAX_EPOCHS is {solver.MAX_EPOCHS} (raise it to train on)")
     bar, run_start, epochs_run = None, time.monotonic(), 0
     logger.info(f"Stage 2: {len(train_loader)} iterations per epoch, {solver.MAX_EPOCHS} epochs, "
                 f"{len(terms)} image-to-text term(s)")

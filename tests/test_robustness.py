@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'ViT-Tiny-16'
+SHORT = ('SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '1')  # one epoch of each stage
 
 
 def fails(main, argv, capsys) -> str:
@@ -120,8 +123,7 @@ def test_skip_bad_images_drops_them_up_front_and_counts_them(data, tmp_path, cap
     bad_gallery.write_bytes(b'garbage')
     num_gallery = len(list((data / 'bounding_box_test').iterdir()))
     out = tmp_path / 'out'
-    train_clipreid.main(tiny_opts(str(data), str(out), 'DATALOADER.SKIP_BAD_IMAGES', 'True',
-                                  'SOLVER.STAGE2.MAX_EPOCHS', '1'))
+    train_clipreid.main(tiny_opts(str(data), str(out), 'DATALOADER.SKIP_BAD_IMAGES', 'True', *SHORT))
     log = (out / 'train_log.txt').read_text()
     assert '2 of ' in log and 'images are unreadable and skipped' in log
     assert str(bad_train) in log and str(bad_gallery) in log
@@ -294,7 +296,8 @@ def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(t
     monkeypatch.setattr(stage2, 'msp_stage2_loss', loss)
     monkeypatch.setattr(checkpoint, 'save_resume_state', save_then_poison)
     out = tmp_path / 'out'
-    line = fails(train_clipreid.main, tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1'), capsys)
+    line = fails(train_clipreid.main, tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE1.MAX_EPOCHS', '1',
+                                                'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1'), capsys)
     assert line.startswith(
         f"error: stage 2 loss became nan at epoch 2 iteration 1; the last good checkpoint is {out / MODEL}_1.pth, "
         f"and {out / 'resume.pth'} holds the state after epoch 1")
@@ -305,7 +308,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(t
 @pytest.fixture(scope='module')
 def one_epoch_run(tiny_mssl, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('one_epoch')
-    train_clipreid.main(tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE2.MAX_EPOCHS', '1'))
+    train_clipreid.main(tiny_opts(tiny_mssl, str(out), *SHORT))
     return out
 
 
@@ -354,9 +357,19 @@ def test_resume_state_can_be_tested_like_a_checkpoint(one_epoch_run, tiny_mssl, 
     assert result['DDC']['mAP'] == pytest.approx(expected['mAP'], abs=1e-6)
 
 
+def test_resume_with_loader_workers_gives_the_uninterrupted_weights(tiny_mssl, tmp_path):
+    # Workers are seeded per epoch from SOLVER.SEED, so their augmentation does not depend on history.
+    opts = ('DATALOADER.NUM_WORKERS', '1', 'MODEL.I2T_LOSS_WEIGHTS', '(0.0, 0.0, 0.0)',  # no stage 1
+            'SOLVER.STAGE2.EVAL_PERIOD', '9')
+    train_clipreid.main(tiny_opts(tiny_mssl, str(tmp_path / 'straight'), *opts))
+    train_clipreid.main(tiny_opts(tiny_mssl, str(tmp_path / 'resumed'), *opts, 'SOLVER.STAGE2.MAX_EPOCHS', '1'))
+    train_clipreid.main(tiny_opts(tiny_mssl, str(tmp_path / 'resumed'), *opts, 'SOLVER.RESUME', 'auto'))
+    straight = torch.load(tmp_path / 'straight' / f'{MODEL}_2.pth', weights_only=True)['model']
+    resumed = torch.load(tmp_path / 'resumed' / f'{MODEL}_2.pth', weights_only=True)['model']
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
-    import random
-    import numpy as np
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     state = checkpoint.capture_rng(torch.device('cpu'))
     expected = (torch.rand(3), np.random.rand(3), random.random())

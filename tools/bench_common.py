@@ -115,15 +115,18 @@ def attention_path(name: str) -> Iterator[None]:
 
 # --- timing and output ----------------------------------------------------------------------------
 
-def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, object]:
-    best, result = float('inf'), None
+def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, object, float]:
+    """(fastest of `repeat` runs in seconds, the last result, CPU share): the share is process CPU time over
+    wall time x torch threads; below 1 means other processes took CPU time while it ran."""
+    best, result, wall, cpu_start = float('inf'), None, 0.0, time.process_time()
     for _ in range(repeat):
         sync(device)
         start = time.perf_counter()
         result = fn()
         sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        elapsed = time.perf_counter() - start
+        best, wall = min(best, elapsed), wall + elapsed
+    return best, result, (time.process_time() - cpu_start) / (wall * torch.get_num_threads())
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:

@@ -93,12 +93,13 @@ def main(argv=None):
             with torch.no_grad():
                 features = torch.cat([text_features(chunk) for chunk in all_ids.split(256)]).cpu()
             run_steps()  # warm-up
-            seconds, loss = best_time(run_steps, args.repeat, device)
+            seconds, loss, cpu_share = best_time(run_steps, args.repeat, device)
             with torch.no_grad():
                 learner.cls_ctx.copy_(snapshot)
         reference = features if reference is None else reference
         rows.append({'variant': name, 'attention': attention, 'truncate': truncate,
                      'precision': 'bf16' if dtype else 'fp32', 'step_ms': seconds / steps * 1e3,
+                     'cpu_share': cpu_share if device.type == 'cpu' else None,
                      'max_abs_diff': float((features - reference).abs().max()),
                      'rel_diff': float((features - reference).abs().max() / reference.abs().max())})
         print(f"  {name}: {rows[-1]['step_ms']:.1f} ms per step", flush=True)
@@ -108,7 +109,10 @@ def main(argv=None):
         row['speedup_vs_published_style'] = published['step_ms'] / row['step_ms']
     print_table(rows, [('variant', 'variant', ''), ('step_ms', 'step ms', '.1f'),
                        ('speedup_vs_published_style', 'x published', '.2f'),
-                       ('max_abs_diff', 'max |feat diff|', '.1e'), ('rel_diff', 'rel diff', '.1e')])
+                       ('max_abs_diff', 'max |feat diff|', '.1e'), ('rel_diff', 'rel diff', '.1e'),
+                       ('cpu_share', 'CPU share', '.0%')])
+    print("step ms: the fastest repeat; CPU share: process CPU time / (wall time x threads) (below 100%: "
+          "other processes competed)")
     print(f"feature diff: text features of all {args.num_classes} identities against {rows[0]['variant']} "
           f"(max |feature| {float(reference.abs().max()):.3f})")
     write_report(args.out, {'args': vars(args), 'steps': steps, 'end_of_text_position': eot, 'machine': info,

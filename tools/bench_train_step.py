@@ -98,7 +98,8 @@ def merged_fused_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay
     return torch.optim.Adam(groups, lr=base_lr, fused=True)
 
 
-def worker(spec: dict) -> dict:
+def make_step(spec: dict):
+    """The variant's model, optimizer and batch, seeded; returns (step function, variant, device)."""
     device = torch.device(spec['device'])
     variant = parse_variant(spec['variant'], device)
     torch.manual_seed(0)
@@ -142,6 +143,12 @@ def worker(spec: dict) -> dict:
         scaler.update()
         return loss.item(), out['feats'][1].detach().float().cpu()
 
+    return step, variant, device
+
+
+def worker(spec: dict) -> dict:
+    step, variant, device = make_step(spec)
+    batch = spec['batch']
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     with attention_path(variant['attention']), PeakRss() as rss:
@@ -152,13 +159,18 @@ def worker(spec: dict) -> dict:
         for _ in range(spec['warmup'] - 1):
             step()
         sync(device)
-        start = time.perf_counter()
+        walls, cpu_start = [], time.process_time()
         for _ in range(spec['steps']):
+            start = time.perf_counter()
             step()
-        sync(device)
-        seconds = (time.perf_counter() - start) / spec['steps']
+            sync(device)
+            walls.append(time.perf_counter() - start)
+        # Share of the cores this process got while timed: below 100% = other processes took CPU time.
+        cpu_share = (time.process_time() - cpu_start) / (sum(walls) * torch.get_num_threads())
     np.save(spec['feature_file'], first_feat.numpy())
+    seconds = min(walls)  # the least disturbed step on a shared machine
     result = {'variant': spec['variant'], **variant, 'step_s': seconds, 'images_per_s': batch / seconds,
+              'mean_step_s': sum(walls) / len(walls), 'cpu_share': cpu_share if device.type == 'cpu' else None,
               'first_step_s': first_step_s, 'first_loss': first_loss,
               'rss_before_mib': rss.start / 2**20, 'rss_peak_mib': rss.peak / 2**20,
               'step_memory_mib': (rss.peak - rss.start) / 2**20}
@@ -229,10 +241,13 @@ def main(argv=None):
     print_table(rows, [('variant', 'variant', ''), ('images_per_s', 'images/s', '.2f'),
                        ('step_ms', 'step ms', '.0f'), ('speedup_vs_published_style', 'x published', '.2f'),
                        ('memory_mib', memory_header, '.0f'), ('first_step_s', 'first step s', '.1f'),
+                       ('cpu_share', 'CPU share', '.0%'),
                        ('rel_diff_vs_sdpa_fp32', 'feat rel diff', '.1e'), ('first_loss', 'loss', '.4f')])
     print(f"{memory_header}: " + ('torch.cuda.max_memory_allocated over all steps (weights included)'
                                   if on_cuda else 'peak resident memory during all steps minus before the first '
                                   '(activations, gradients, optimizer state; with +compile also the compiler)'))
+    print("images/s and step ms: the fastest timed step; CPU share: process CPU time / (wall time x threads) "
+          "over the timed steps (below 100%: other processes competed)")
     print("feat rel diff: max |feature - sdpa fp32 feature| / max |sdpa fp32 feature|, first step's forward")
     write_report(args.out, {'args': vars(args), 'batch': batch, 'steps': steps, 'machine': info,
                             'load_average_at_end': os.getloadavg(), 'rows': rows})

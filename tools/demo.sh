@@ -10,6 +10,7 @@ OUT=logs/demo_mssl_synthetic
 [ -d "$DATA/query" ] || python -m datasets.synthetic_mssl "$DATA"
 python test_clipreid.py --config_file "$CONFIG" OUTPUT_DIR "$OUT/untrained"
 python train_clipreid.py --config_file "$CONFIG" OUTPUT_DIR "$OUT"
-CHECKPOINT=$(ls -t "$OUT"/*.pth | head -n 1)
-python test_clipreid.py --config_file "$CONFIG" OUTPUT_DIR "$OUT/test" TEST.WEIGHT "$CHECKPOINT"
+CHECKPOINT=$(ls -t "$OUT"/ViT-Tiny-16_*.pth | head -n 1)
+python test_clipreid.py --config_file "$CONFIG" OUTPUT_DIR "$OUT/test" TEST.WEIGHT "$CHECKPOINT" \
+    TEST.VISUALIZE True TEST.VISUALIZE_QUERIES 5 TEST.VISUALIZE_TOPK 8
 python tools/compare_results.py "$OUT/untrained" "$OUT/test"
