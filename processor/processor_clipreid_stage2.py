@@ -10,7 +10,6 @@ import os
 import time
 
 import torch
-from torch import nn
 
 from loss.make_loss import msp_stage2_loss
 from loss.softmax_loss import CrossEntropyLabelSmooth

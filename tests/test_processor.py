@@ -1,6 +1,5 @@
 import logging
 
-import pytest
 import torch
 
 from config import load_config
