@@ -90,7 +90,8 @@ _C.SOLVER = CN()
 # Seed of every random number generator (model init, sampler, augmentation).
 _C.SOLVER.SEED = 1234
 # Mixed precision on CUDA: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'off'.
-# Always off on CPU.
+# On CPU only an explicit 'bf16' applies (bf16 autocast: fast on CPUs with AVX512-BF16 or AMX, slow on
+# others; docs/BENCHMARKS.md); 'auto' and 'fp16' run in fp32 there.
 _C.SOLVER.AMP = 'auto'
 # torch.compile the model for the stage-2 training steps. The first steps are slower while it compiles
 # (about a minute for ViT-B-16); the steps after are faster (docs/BENCHMARKS.md). Needs a C++ compiler

@@ -1,5 +1,6 @@
 """The fast paths give the results of the plain ones: torch.compile of the model (SOLVER.COMPILE),
-and the benchmarks' reference attention paths against the fused one they are compared with."""
+bf16 autocast on CPU (SOLVER.AMP 'bf16'), and the benchmarks' reference attention paths against the
+fused one they are compared with."""
 import importlib.util
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from model.clip_loader import build_clip
 from model.make_model_clipreid import ReIDModel
 from processor.processor_clipreid_stage2 import train_stage2
 from tests.conftest import tiny_opts
+from utils.device import autocast, autocast_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +87,23 @@ def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypat
     assert compiled == [model]
     assert torch.isfinite(torch.tensor(outcome['history'][0]['loss']))
     assert load_config().SOLVER.COMPILE is False
+
+
+def test_cpu_mixed_precision_only_on_explicit_bf16():
+    cpu = torch.device('cpu')
+    assert autocast_dtype('bf16', cpu) is torch.bfloat16
+    for amp in ('auto', 'fp16', 'off'):
+        assert autocast_dtype(amp, cpu) is None, amp
+
+
+def test_cpu_bf16_features_stay_close_to_fp32():
+    torch.manual_seed(0)
+    model = ReIDModel(build_clip('ViT-Tiny-16'), num_classes=5, image_size=(32, 16), stride=(12, 12)).eval()
+    images = torch.randn(4, 3, 32, 16)
+    with torch.no_grad():
+        full = model(images)
+        with autocast(torch.device('cpu'), torch.bfloat16):
+            mixed = model(images)
+    assert mixed.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: a few 1e-3 per operation, 2e-2 of the largest value at most here
+    assert float((mixed.float() - full).abs().max()) < 2e-2 * float(full.abs().max())

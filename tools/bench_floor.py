@@ -1,6 +1,6 @@
-"""The hardware floor of MSP training: FLOPs and dispatched operations of each kind of step, counted
-on the meta device (no weights, no compute), divided by a device's peak rate; then the whole MSSL
-recipe projected from them. Every time printed here is an estimate from counts and peak rates, not a
+"""The hardware floor of MSP training: FLOPs of each kind of step, counted on the meta device (no
+weights, no compute), divided by a device's peak rate, and the kernels an eager step launches
+(counted on tiny real inputs); then the whole MSSL recipe projected from them. Every time printed here is an estimate from counts and peak rates, not a
 measurement, except the CPU's matmul rates (measured) and, with --step-json, the CPU's measured step.
 
   stage-2 step    forward + MSP loss + backward of the image tower, optimizer step
@@ -41,98 +41,133 @@ H100_BF16_TFLOPS = 989.4
 H100_TF32_TFLOPS = 494.7
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts aten operations as dispatched: in eager mode on a GPU, roughly one kernel launch each."""
+# Operations that launch no device kernel: views and host-side bookkeeping.
+HOST_ONLY = {'_unsafe_view', 'detach', '_local_scalar_dense', '_record_function_enter_new', '_record_function_exit',
+             'lift_fresh', 'scalar_tensor'}
+
+
+class KernelCounter(TorchDispatchMode):
+    """Counts the aten operations that launch a kernel when run eagerly on a GPU."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        if not func.is_view and func.overloadpacket.__name__ not in HOST_ONLY:
+            self.count += 1
         return func(*args, **(kwargs or {}))
 
 
-def counted(fn) -> tuple[float, int]:
-    with FlopCounterMode(display=False) as flops, OpCounter() as ops:
+def flops_of(fn) -> float:
+    with FlopCounterMode(display=False) as flops:
         fn()
-    return flops.get_total_flops(), ops.count
+    return flops.get_total_flops()
 
 
-def stage2_counts(clip, args) -> dict:
-    model = ReIDModel(clip, args.num_classes, camera_num=15, view_num=2, image_size=args.size, stride=args.stride,
-                      sie_camera=True, sie_view=True, sie_coe=0.5).to(META).train()
-    batch = args.batch
-    images = torch.zeros(batch, 3, *args.size, device=META)
-    cams = torch.zeros(batch, dtype=torch.long, device=META)
-    state = {}
-
-    def forward():
-        out = model(images, cams, cams)
-        # The MSP loss has data-dependent branches that meta tensors cannot take; it is counted apart.
-        state['out'] = out
-        state['loss'] = sum(score.sum() for score in out['cls_scores']) + sum(f.sum() for f in out['feats'])
-
-    forward_flops, forward_ops = counted(forward)
-    backward_flops, backward_ops = counted(lambda: state['loss'].backward())
-    loss_flops, loss_ops = loss_counts({'cls_scores': [t.shape for t in state['out']['cls_scores']],
-                                        'feats': [t.shape for t in state['out']['feats']]}, args)
-    as_built = torch.optim.Adam(make_optimizer_stage2(model.named_parameters(), 1e-5, 1e-4).param_groups,
-                                lr=1e-5, foreach=True)  # foreach: what CUDA runs by default
-    _, optimizer_ops = counted(as_built.step)
-    model.eval()
-    with torch.no_grad():
-        inference_flops, inference_ops = counted(lambda: model(images, cams, cams))
-    return {'step_flops': forward_flops + backward_flops + loss_flops, 'forward_flops': forward_flops,
-            'loss_flops': loss_flops, 'step_ops': forward_ops + backward_ops + loss_ops + optimizer_ops,
-            'optimizer_ops_as_built': optimizer_ops, 'optimizer_groups_as_built': len(as_built.param_groups),
-            'inference_flops_per_image': inference_flops / batch, 'inference_ops_per_batch': inference_ops}
+def kernels_of(fn) -> int:
+    with KernelCounter() as kernels:
+        fn()
+    return kernels.count
 
 
-def loss_counts(shapes: dict, args) -> tuple[float, int]:
-    """FLOPs and ops of the MSP loss (forward and backward) on real random outputs of the model's shapes."""
+def reid_model(args, size, device) -> ReIDModel:
+    torch.manual_seed(0)
+    return ReIDModel(build_clip(args.model), args.num_classes, camera_num=15, view_num=2, image_size=size,
+                     stride=args.stride, sie_camera=True, sie_view=True, sie_coe=0.5).to(device).train()
+
+
+def stage2_batch(batch: int, size, num_classes: int, embed_dim: int, device) -> dict:
     generator = torch.Generator().manual_seed(0)
-    out = {key: [torch.randn(shape, generator=generator, requires_grad=True) for shape in value]
-           for key, value in shapes.items()}
-    out['proj'] = out['feats'][2]
-    pids = torch.arange(args.batch // 4).repeat_interleave(4)
-    views = torch.arange(args.batch) % 2
-    text = torch.randn(args.num_classes, out['proj'].shape[1], generator=generator)
-    terms = [(text, 'all', 1.0), (text, 'ground', 0.1)]
+    text = torch.randn(num_classes, embed_dim, generator=generator).to(device)
+    return {'images': torch.randn(batch, 3, *size, generator=generator).to(device),
+            'pids': (torch.arange(batch) // 4).to(device), 'cams': (torch.arange(batch) % 15).to(device),
+            'views': (torch.arange(batch) % 2).to(device), 'terms': [(text, 'all', 1.0), (text, 'ground', 0.1)]}
+
+
+def stage2_counts(args) -> dict:
+    """FLOPs at full size on the meta device; kernels on real CPU tensors at a tiny image size (the
+    operations do not depend on the sizes, and the loss takes data-dependent branches)."""
     id_loss, triplet = CrossEntropyLabelSmooth(args.num_classes), TripletLoss(0.3)
-    return counted(lambda: msp_stage2_loss(out, pids, views, terms, id_loss, triplet, 1.0, 1.0)[0].backward())
+    counts = {}
+    for device, size, batch in ((META, args.size, args.batch), (torch.device('cpu'), (32, 16), 8)):
+        model = reid_model(args, size, device)
+        data = stage2_batch(batch, size, args.num_classes, model.image_encoder.embed_dim, device)
+        state = {}
+
+        def forward():
+            out = model(data['images'], data['cams'], data['views'])
+            if device == META:  # meta tensors cannot take the loss's branches: its FLOPs are negligible
+                state['loss'] = sum(s.sum() for s in out['cls_scores']) + sum(f.sum() for f in out['feats'])
+            else:
+                state['loss'] = msp_stage2_loss(out, data['pids'], data['views'], data['terms'], id_loss,
+                                                triplet, 1.0, 1.0)[0]
+
+        if device == META:
+            counts['forward_flops'] = flops_of(forward)
+            counts['step_flops'] = counts['forward_flops'] + flops_of(lambda: state['loss'].backward())
+            model.eval()
+            with torch.no_grad():
+                counts['inference_flops_per_image'] = flops_of(
+                    lambda: model(data['images'], data['cams'], data['views'])) / batch
+            continue
+        counts['forward_backward_kernels'] = kernels_of(forward) + kernels_of(lambda: state['loss'].backward())
+        as_built = torch.optim.Adam(make_optimizer_stage2(model.named_parameters(), 1e-5, 1e-4).param_groups,
+                                    lr=1e-5, foreach=True)  # foreach: what CUDA runs by default
+        fused = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+        as_built.step(), fused.step()  # the first step also creates the optimizer state
+        counts['optimizer_groups_as_built'] = len(as_built.param_groups)
+        counts['optimizer_kernels_as_built'] = kernels_of(as_built.step)
+        counts['optimizer_kernels_fused'] = kernels_of(fused.step)
+        model.eval()
+        with torch.no_grad():
+            counts['inference_kernels_per_batch'] = kernels_of(lambda: model(data['images'], data['cams'],
+                                                                             data['views']))
+    return counts
 
 
-def stage1_counts(clip, args, truncate: bool) -> dict:
-    encoder = TextEncoder(clip).requires_grad_(False).to(META)
-    learner = PromptLearner(args.num_classes, 'A sky photo of a X X X X person.', clip).to(META)
-    length = args.eot + 1 if truncate else learner.tokenized.shape[1]
-    labels = torch.arange(args.stage1_batch, device=META) % args.num_classes
-    image = torch.zeros(args.stage1_batch, clip.text_projection.shape[1], device=META)
+def stage1_counts(args, truncate: bool) -> dict:
+    """FLOPs on the meta device, kernels on real CPU tensors (batch 8) of one stage-1 step."""
     supcon = SupConLoss()
+    counts = {}
+    for device, batch in ((META, args.stage1_batch), (torch.device('cpu'), 8)):
+        torch.manual_seed(0)
+        clip = build_clip(args.model)
+        encoder = TextEncoder(clip, truncate=truncate).requires_grad_(False).to(device)
+        learner = PromptLearner(args.num_classes, 'A sky photo of a X X X X person.', clip).to(device)
+        labels = torch.arange(batch, device=device) % args.num_classes
+        image = torch.zeros(batch, clip.text_projection.shape[1], device=device)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-6, foreach=True)
+        if device == META:
+            # On meta tensors the end-of-text position cannot be read (the truncation is done here),
+            # and SupCon's branch cannot be taken (its FLOPs are negligible).
+            length = args.eot + 1 if truncate else learner.tokenized.shape[1]
+            counts['positions'] = length
+            counts['step_flops'] = flops_of(lambda: (encoder(learner(labels)[:, :length],
+                                                             learner.tokenized[:, :length], truncate=False)
+                                                     * image).sum().backward())
+            continue
 
-    def step():
-        # On meta tensors the end-of-text position cannot be read, so the truncation is done here; SupCon
-        # has a data-dependent branch, so it is counted apart on real tensors.
-        text = encoder(learner(labels)[:, :length], learner.tokenized[:, :length], truncate=False)
-        (text * image).sum().backward()
+        def step():
+            text = encoder(learner(labels), learner.tokenized)
+            (supcon(image, text, labels, labels) + supcon(text, image, labels, labels)).backward()
+            optimizer.step()
 
-    flops, ops = counted(step)
-    real_image, real_text = torch.randn(image.shape), torch.randn(image.shape, requires_grad=True)
-    real_labels = torch.arange(args.stage1_batch) % args.num_classes
-    loss_flops, loss_ops = counted(lambda: (supcon(real_image, real_text, real_labels, real_labels)
-                                            + supcon(real_text, real_image, real_labels, real_labels)).backward())
-    return {'positions': length, 'step_flops': flops + loss_flops,
-            'step_ops': ops + loss_ops + 12}  # + Adam on the one context tensor
+        step()  # the first step also creates the optimizer state
+        counts['step_kernels'] = kernels_of(step)
+    return counts
 
 
-def measured_matmul_tflops(dtype, size: int = 2048, repeat: int = 5) -> float:
+def measured_matmul_tflops(dtype, size: int = 3072, repeat: int = 5) -> float:
+    """The best rate of `repeat` square matmuls: the practical peak of this CPU."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    start = time.perf_counter()
+    best = float('inf')
     for _ in range(repeat):
+        start = time.perf_counter()
         a @ b
-    return 2 * size ** 3 * repeat / (time.perf_counter() - start) / 1e12
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e12
 
 
 def fmt_time(seconds: float) -> str:
@@ -169,10 +204,8 @@ def main(argv=None):
     info = machine_info(torch.device('cpu'))
     print(f"floor of {args.model} at {args.size[0]}x{args.size[1]} stride {args.stride}, stage-2 batch {args.batch}; "
           f"{describe_machine(info)}", flush=True)
-    torch.manual_seed(0)
-    clip = build_clip(args.model)
-    stage2 = stage2_counts(clip, args)
-    stage1 = {'truncated': stage1_counts(clip, args, True), 'full-77': stage1_counts(clip, args, False)}
+    stage2 = stage2_counts(args)
+    stage1 = {'truncated': stage1_counts(args, True), 'full-77': stage1_counts(args, False)}
     cpu_fp32, cpu_bf16 = measured_matmul_tflops(torch.float32), measured_matmul_tflops(torch.bfloat16)
 
     devices = [
@@ -187,13 +220,14 @@ def main(argv=None):
         row['images_per_s'] = args.batch * rate / stage2['step_flops']
         row['stage1_step_ms'] = stage1['truncated']['step_flops'] / rate * 1e3
     print(f"stage-2 step, batch {args.batch}: {stage2['step_flops'] / 1e12:.2f} TFLOP "
-          f"({stage2['forward_flops'] / args.batch / 1e9:.1f} GFLOP forward per image), {stage2['step_ops']} "
-          f"aten ops, of which {stage2['optimizer_ops_as_built']} in the optimizer as built "
-          f"({stage2['optimizer_groups_as_built']} parameter groups, foreach)")
+          f"({stage2['forward_flops'] / args.batch / 1e9:.1f} GFLOP forward per image); eager kernels: "
+          f"{stage2['forward_backward_kernels']} forward + loss + backward, optimizer "
+          f"{stage2['optimizer_kernels_as_built']} as built ({stage2['optimizer_groups_as_built']} parameter groups, "
+          f"foreach) or {stage2['optimizer_kernels_fused']} fused")
     print(f"inference: {stage2['inference_flops_per_image'] / 1e9:.1f} GFLOP per image")
     for name, counts in stage1.items():
-        print(f"stage-1 step ({name}), batch {args.stage1_batch}: {counts['step_flops'] / 1e9:.1f} GFLOP, "
-              f"{counts['step_ops']} aten ops")
+        print(f"stage-1 step ({name}: {counts['positions']} positions), batch {args.stage1_batch}: "
+              f"{counts['step_flops'] / 1e9:.1f} GFLOP, {counts['step_kernels']} eager kernels")
     print_table(devices, [('device', 'device (peak)', ''), ('tflops', 'TFLOP/s', '.2f'),
                           ('stage2_step_ms', 'stage-2 step ms', '.1f'), ('images_per_s', 'images/s', '.0f'),
                           ('stage1_step_ms', 'stage-1 step ms', '.2f')])
@@ -219,31 +253,41 @@ def main(argv=None):
     evaluations = args.stage2_epochs // args.eval_period + (args.stage2_epochs % args.eval_period != 0)
     forward_images = args.stage1_views * args.train_images + evaluations * args.test_images
     peak, utilisation, overhead = H100_BF16_TFLOPS * 1e12, args.gpu_utilisation, args.op_overhead_us * 1e-6
-    stage2_step_s = max(stage2['step_flops'] / (peak * utilisation),
-                        (stage2['step_ops'] - stage2['optimizer_ops_as_built'] + 2) * overhead)
-    stage1_step_s = max(stage1['truncated']['step_flops'] / (peak * utilisation), stage1['truncated']['step_ops'] * overhead)
+
+    def step_time(flops: float, kernels: int) -> float:
+        """Compute at the assumed utilisation, or the host's eager dispatch, whichever is slower."""
+        return max(flops / (peak * utilisation), kernels * overhead)
+
+    stage2_kernels = stage2['forward_backward_kernels']
+    one = stage1['truncated']
     parts = [
-        {'part': f'stage 1: {stage1_steps} steps (upper bound: every view sees all training images)',
-         'floor_s': stage1_steps * stage1['truncated']['step_flops'] / peak, 'projected_s': stage1_steps * stage1_step_s},
-        {'part': f'stage 2: {stage2_steps} steps of {args.batch}',
-         'floor_s': stage2_steps * stage2['step_flops'] / peak, 'projected_s': stage2_steps * stage2_step_s},
+        {'part': f'stage 1: {stage1_steps} steps of {args.stage1_batch} (upper bound: each view on all images)',
+         'floor_s': stage1_steps * one['step_flops'] / peak,
+         'projected_s': stage1_steps * step_time(one['step_flops'], one['step_kernels'])},
+        {'part': f'stage 2: {stage2_steps} steps of {args.batch}, optimizer as built',
+         'floor_s': stage2_steps * stage2['step_flops'] / peak,
+         'projected_s': stage2_steps * step_time(stage2['step_flops'],
+                                                 stage2_kernels + stage2['optimizer_kernels_as_built'])},
         {'part': f'forward passes: {forward_images} images ({evaluations} evaluations + stage-1 features)',
          'floor_s': forward_images * stage2['inference_flops_per_image'] / peak,
          'projected_s': forward_images * stage2['inference_flops_per_image'] / (peak * utilisation)},
-        {'part': f'evaluator: {evaluations} x ALL at MSSL scale (target < 1 s each)', 'floor_s': None,
+        {'part': f'evaluator: {evaluations} x ALL at MSSL scale (taken as 1 s each; not measured)', 'floor_s': None,
          'projected_s': evaluations * 1.0},
     ]
+    fused_stage2 = stage2_steps * step_time(stage2['step_flops'], stage2_kernels + stage2['optimizer_kernels_fused'])
     parts.append({'part': 'total', 'floor_s': sum(p['floor_s'] or 0 for p in parts),
                   'projected_s': sum(p['projected_s'] for p in parts)})
     for part in parts:
         part['floor'] = '-' if part['floor_s'] is None else fmt_time(part['floor_s'])
         part['projected'] = fmt_time(part['projected_s'])
-    print(f"MSSL recipe on one H100 SXM, bf16 (ESTIMATES: floor = FLOPs / peak; projected = FLOPs / "
-          f"({utilisation:.0%} of peak) or {args.op_overhead_us:g} us per eager op, whichever is larger; "
-          f"stage 2 with a fused optimizer):")
+    print(f"MSSL recipe on one H100 SXM, bf16 (ESTIMATES, not measurements: floor = FLOPs / peak; projected = "
+          f"per step, FLOPs / ({utilisation:.0%} of peak) or {args.op_overhead_us:g} us of host time per eager "
+          f"kernel, whichever is larger):")
     print_table(parts, [('part', 'part', ''), ('floor', 'floor', ''), ('projected', 'projected', '')])
+    print(f"with a fused optimizer, stage 2 would project to {fmt_time(fused_stage2)}")
     write_report(args.out, {'args': vars(args), 'machine': info, 'stage2': stage2, 'stage1': stage1,
                             'devices': devices, 'measured_cpu': measured, 'recipe_h100_estimate': parts,
+                            'stage2_fused_optimizer_estimate_s': fused_stage2,
                             'load_average_at_end': os.getloadavg()})
 
 

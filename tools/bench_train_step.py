@@ -89,7 +89,7 @@ class PeakRss:
             self.peak = max(self.peak, self._rss())
 
 
-def merged_fused_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay_bias, device):
+def merged_fused_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay_bias):
     """The same learning rates and decays as make_optimizer_stage2, in two groups, fused kernel."""
     weights = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' not in n]
     biases = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' in n]
@@ -122,7 +122,7 @@ def make_step(spec: dict):
 
     base_lr, decay = 5e-6, 1e-4
     if variant['fused_adam']:
-        optimizer = merged_fused_adam(model, base_lr, decay, 2.0, decay, device)
+        optimizer = merged_fused_adam(model, base_lr, decay, 2.0, decay)
     else:
         optimizer = make_optimizer_stage2(model.named_parameters(), base_lr, decay)
     if variant['channels_last']:

@@ -20,8 +20,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for SOLVER.AMP on this device; None = full precision."""
-    if device.type != 'cuda' or amp == 'off':
+    """The mixed-precision dtype for SOLVER.AMP on this device; None = full precision.
+
+    On CPU only an explicit 'bf16' applies: it is fast where the CPU has bf16 matrix instructions
+    (AVX512-BF16, AMX; 1.8x a ViT-B-16 training step in docs/BENCHMARKS.md) and slow elsewhere.
+    """
+    if amp == 'off':
+        return None
+    if device.type == 'cpu':
+        return torch.bfloat16 if amp == 'bf16' else None
+    if device.type != 'cuda':
         return None
     if amp == 'auto':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
