@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}
     log_evaluation(cfg.OUTPUT_DIR, metrics, weight=weight)
     write_reports(cfg, outcome, logger, {'weights': weight or '(none: the CLIP backbone without re-ID training)'})
-    return {mode: result['metrics'] for mode, result in outcome.items()}
+    return metrics
 
 
 if __name__ == '__main__':

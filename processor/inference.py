@@ -57,7 +57,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
     for query, gallery in splits.values():
         for item in (*query, *gallery):
             index_of.setdefault(item[0], (len(index_of), item))
-    items = [item for _, item in sorted(index_of.values(), key=lambda pair: pair[0])]
+    items = [item for _, item in index_of.values()]  # dicts keep insertion order = index order
     feats = extract_features(model, make_ordered_loader(cfg, distributed.local_shard(items), device), device,
                              amp_dtype)
     feats = distributed.gather_shards(feats, len(items))
