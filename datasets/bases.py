@@ -10,14 +10,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
 from utils.errors import UserError
+from utils.vocabulary import GROUND, MSSL_REMOVAL, SKY, VIEW_IDS, VIEW_NAMES  # noqa: F401 (re-exported)
 
 Item = tuple[str, int, int, int]  # (img_path, pid, camid, viewid)
 
-GROUND = 0
-SKY = 1
-VIEW_IDS = {'ground': GROUND, 'sky': SKY}
-VIEW_NAMES = {GROUND: 'ground', SKY: 'sky'}
-EVAL_MODES = ('S2G', 'G2S', 'DDC')
+EVAL_MODES = tuple(MSSL_REMOVAL)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TRAIN_VIEW_FOLDERS = {GROUND: 'bounding_box_train_ground', SKY: 'bounding_box_train_air'}
 

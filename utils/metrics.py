@@ -14,14 +14,25 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.vocabulary import (MSSL_QUERY_VIEW, MSSL_REMOVAL, REMOVAL_RULES, REMOVE_NOTHING,
+                              SAME_CAMERA)
 
-MODES = ('S2G', 'G2S', 'DDC')
-_QUERY_VIEW = {'S2G': 1, 'G2S': 0}  # 1 = sky, 0 = ground
+MODES = tuple(MSSL_REMOVAL)
 
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise UserError(f"unknown evaluation mode {mode!r} (expected one of {', '.join(MODES)})")
+
+
+def _removal_rule(mode: str, removal: str | None) -> str:
+    """The removal rule to apply: `removal` when given, else the MSSL protocol `mode`'s."""
+    if removal is None:
+        _check_mode(mode)
+        return MSSL_REMOVAL[mode]
+    if removal not in REMOVAL_RULES:
+        raise UserError(f"unknown removal rule {removal!r} (expected one of {', '.join(REMOVAL_RULES)})")
+    return removal
 
 
 def _to_numpy_1d(values, name: str) -> np.ndarray:
@@ -39,7 +50,7 @@ def mode_query_mask(mode: str, q_views) -> np.ndarray:
     views = _to_numpy_1d(q_views, 'q_views')
     if mode == 'DDC':
         return np.ones(len(views), dtype=bool)
-    return views == _QUERY_VIEW[mode]
+    return views == MSSL_QUERY_VIEW[mode]
 
 
 def _labels(values, name: str, length: int, device: torch.device) -> torch.Tensor:
@@ -168,18 +179,20 @@ def _query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.T
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode: str,
              max_rank: int = 50, chunk_size: int = 1024, device=None, feat_norm: bool = True,
-             distmat=None, return_per_query: bool = False) -> dict:
-    """CMC / mAP / mINP of `mode` for queries that are already the mode's subset.
+             distmat=None, return_per_query: bool = False, removal: str | None = None) -> dict:
+    """CMC / mAP / mINP of protocol `mode` for queries that are already the protocol's subset.
 
-    Removal rule: S2G and G2S drop gallery items with the query's pid and view, DDC those with
-    its pid and camera. Queries left without a positive are not counted. Work is done in torch on
+    `removal` (utils/vocabulary.py) says which gallery items are removed for a query:
+    'same_view' (the query's pid in its view), 'same_camera' (its pid in its camera) or 'none'.
+    Left at None, `mode` must be an MSSL protocol and its rule applies: S2G and G2S 'same_view',
+    DDC 'same_camera'. Queries left without a positive are not counted. Work is done in torch on
     `device` (default: the features' device), `chunk_size` queries at a time; peak memory is
     about 3 * chunk_size * num_gallery * 4 bytes on top of the features. `distmat` ([Nq, Ng],
     e.g. from re-ranking) replaces the feature distances when given (qf/gf are then ignored).
     With `return_per_query`, the result also holds 'per_query_ap' (float64, one per counted query)
     and 'valid_query_index' (int64, the index of each counted query among the given ones).
     """
-    _check_mode(mode)
+    removal = _removal_rule(mode, removal)
     for name, value in (('max_rank', max_rank), ('chunk_size', chunk_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -189,9 +202,12 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     num_query, num_gallery = len(q_pids), len(g_pids)
     q_pid = _labels(q_pids, 'q_pids', num_query, device)
     g_pid = _labels(g_pids, 'g_pids', num_gallery, device)
-    if mode == 'DDC':
+    if removal == SAME_CAMERA:
         q_attr = _labels(q_camids, 'q_camids', num_query, device)
         g_attr = _labels(g_camids, 'g_camids', num_gallery, device)
+    elif removal == REMOVE_NOTHING:  # no gallery item shares this attribute with a query
+        q_attr = torch.zeros(num_query, dtype=torch.int64, device=device)
+        g_attr = torch.ones(num_gallery, dtype=torch.int64, device=device)
     else:
         q_attr = _labels(q_views, 'q_views', num_query, device)
         g_attr = _labels(g_views, 'g_views', num_gallery, device)

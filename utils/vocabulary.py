@@ -1,0 +1,62 @@
+"""The project's shared vocabulary: views, evaluation protocols and their removal rules, prompt
+template keys and output file names. Everything that needs one of these names imports it from here.
+
+A protocol names which queries and which gallery images take part (the dataset decides that) and
+which gallery images are removed for each query (the removal rule, applied by the evaluator):
+- ``same_view``: the query's identity seen in the query's view (MSSL S2G and G2S, CARGO AG);
+- ``same_camera``: the query's identity seen by the query's camera (MSSL DDC, Market-1501, the
+  protocol-list loaders);
+- ``none``: nothing is removed.
+"""
+from __future__ import annotations
+
+GROUND = 0
+SKY = 1
+VIEW_IDS = {'ground': GROUND, 'sky': SKY}
+VIEW_NAMES = {GROUND: 'ground', SKY: 'sky'}
+
+SAME_VIEW = 'same_view'
+SAME_CAMERA = 'same_camera'
+REMOVE_NOTHING = 'none'
+REMOVAL_RULES = (SAME_VIEW, SAME_CAMERA, REMOVE_NOTHING)
+
+# TEST.EVAL_MODE value that runs every protocol the dataset declares, from one feature extraction.
+ALL_PROTOCOLS = 'ALL'
+
+# MSSL's protocols and their removal rules (the published evaluator's).
+MSSL_REMOVAL = {'S2G': SAME_VIEW, 'G2S': SAME_VIEW, 'DDC': SAME_CAMERA}
+# The view whose queries a view-specific MSSL protocol uses.
+MSSL_QUERY_VIEW = {'S2G': SKY, 'G2S': GROUND}
+
+# Text views: 'all' is the single CLIP-ReID prompt, 'sky' / 'ground' the MSP view prompts.
+TEXT_VIEWS = ('all', 'sky', 'ground')
+PROMPT_TEMPLATE_KEYS = {'all': 'PROMPT_TEMPLATE', 'sky': 'PROMPT_TEMPLATE_SKY', 'ground': 'PROMPT_TEMPLATE_GROUND'}
+
+# Metrics written for every protocol, in this order.
+METRIC_KEYS = ('mAP', 'rank1', 'rank5', 'rank10', 'mINP')
+
+# Output file names.
+TRAIN_LOG = 'train_log.txt'
+TEST_LOG = 'test_log.txt'
+STAGE1_CACHE = 'stage1_text_features.pt'
+RESUME_FILE = 'resume.pth'
+METRICS_JSONL = 'metrics.jsonl'
+RESULTS_TABLE = 'results.md'
+CMC_PLOT = 'cmc.png'
+TRAINING_CURVES = 'training_curves.png'
+
+
+def results_file(protocol: str) -> str:
+    return f'results_{protocol}.json'
+
+
+def features_file(protocol: str) -> str:
+    return f'features_{protocol}.npz'
+
+
+def ranked_file(protocol: str) -> str:
+    return f'ranked_{protocol}.png'
+
+
+def checkpoint_file(model_name: str, epoch: int) -> str:
+    return f'{model_name}_{epoch}.pth'
