@@ -7,10 +7,10 @@ import sys
 from model import make_model
 from processor.inference import evaluate_model, write_results
 from utils.checkpoint import load_weights_only
-from utils.cli import Run
+from processor.run import Run
 from utils.errors import UserError, exit_on_user_error
-from utils.metrics_log import log_evaluation
-from utils.visualize import write_reports
+from reporting.metrics_log import log_evaluation
+from reporting.visualize import write_reports
 
 
 def load_reid_checkpoint(path: str) -> dict:
