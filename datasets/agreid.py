@@ -34,7 +34,6 @@ class AGReID(ReIDDataset):
     """
 
     name = 'agreid'
-    supported_modes = ('S2G', 'G2S', 'DDC')
     parse_name = staticmethod(parse_agreid_name)
 
     def __init__(self, root: str):

@@ -50,7 +50,6 @@ class MSSL(ReIDDataset):
     """
 
     name = 'mssl'
-    supported_modes = ('S2G', 'G2S', 'DDC')
     parse_name = staticmethod(parse_mssl_name)
 
     def __init__(self, root: str):
