@@ -44,6 +44,7 @@ class AGReIDv2(ReIDDataset):
     """
 
     name = 'agreid_v2'
+    protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_agreid_v2_name)
 
     def __init__(self, root: str):

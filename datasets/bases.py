@@ -50,6 +50,9 @@ class ReIDDataset:
     """
 
     name: str = 'reid'
+    # Every protocol name the dataset can declare (config validation checks TEST.EVAL_MODE against it);
+    # None when the dataset's files decide (csv).
+    protocol_names: tuple[str, ...] | None = None
     num_train_views: int = 2
 
     train: list[Item]

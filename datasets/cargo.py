@@ -39,6 +39,7 @@ class CARGO(ReIDDataset):
     """
 
     name = 'cargo'
+    protocol_names = ('MIXED', 'AG', 'A2G', 'G2A', 'A2A', 'G2G')
     parse_name = staticmethod(parse_cargo_name)
 
     def __init__(self, root: str):

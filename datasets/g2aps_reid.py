@@ -33,6 +33,7 @@ class G2APSReID(ReIDDataset):
     Distractors (id 5555) stay in the gallery; same-person same-camera images are removed."""
 
     name = 'g2aps_reid'
+    protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_g2aps_name)
 
     def __init__(self, root: str):

@@ -38,6 +38,7 @@ class LAGPeR(ReIDDataset):
     the query's own identity seen by the other ground cameras."""
 
     name = 'lagper'
+    protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_lagper_name)
 
     def __init__(self, root: str):

@@ -5,6 +5,7 @@ import os
 import re
 
 from utils.errors import UserError
+from utils.vocabulary import MSSL_REMOVAL
 
 from .bases import GROUND, SKY, Item, ReIDDataset
 
@@ -50,6 +51,7 @@ class MSSL(ReIDDataset):
     """
 
     name = 'mssl'
+    protocol_names = tuple(MSSL_REMOVAL)
     parse_name = staticmethod(parse_mssl_name)
 
     def __init__(self, root: str):

@@ -27,6 +27,7 @@ from datasets.bases import VIEW_NAMES
 from utils import atomic_io, distributed
 from utils.metrics import _query_distances, evaluate
 from utils.metrics_log import metrics_path, read_records, training_history
+from utils.vocabulary import MSSL_REMOVAL, REMOVE_NOTHING, SAME_CAMERA
 
 MATCH_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -78,10 +79,14 @@ def select_queries(per_query_ap, valid_query_index, count: int) -> list[tuple[in
             + [(int(index[i]), 'hard', float(ap[i])) for i in hard])
 
 
-def removal_mask(mode: str, query_index, query: dict, gallery: dict) -> np.ndarray:
+def removal_mask(mode: str, query_index, query: dict, gallery: dict, removal: str | None = None) -> np.ndarray:
     """[n, Ng] True where a gallery item is removed for a query, by the protocol's rule
-    (utils/metrics.py): S2G and G2S remove the query's pid in its view, DDC its pid in its camera."""
-    attribute = 'camids' if mode == 'DDC' else 'views'
+    (utils/metrics.py): `removal` when given, else MSSL's (S2G and G2S remove the query's pid in its
+    view, DDC its pid in its camera)."""
+    removal = removal or MSSL_REMOVAL[mode]
+    if removal == REMOVE_NOTHING:
+        return np.zeros((len(query_index), len(gallery['pids'])), dtype=bool)
+    attribute = 'camids' if removal == SAME_CAMERA else 'views'
     query_index = np.asarray(query_index, dtype=np.int64)
     same_pid = gallery['pids'][None, :] == query['pids'][query_index][:, None]
     same_attr = gallery[attribute][None, :] == query[attribute][query_index][:, None]
@@ -89,7 +94,8 @@ def removal_mask(mode: str, query_index, query: dict, gallery: dict) -> np.ndarr
 
 
 def rank_queries(mode: str, picks: list[tuple[int, str, float]], query: dict, gallery: dict, qf=None,
-                 gf=None, distmat=None, topk: int = 10, feat_norm: bool = True) -> list[RankedQuery]:
+                 gf=None, distmat=None, topk: int = 10, feat_norm: bool = True,
+                 removal: str | None = None) -> list[RankedQuery]:
     """Top-k of each picked query, ranked as the evaluator ranks: ascending squared Euclidean
     distance (on L2-normalised features when feat_norm; or the rows of `distmat`), ties by
     gallery index, after the removal rule."""
@@ -105,7 +111,7 @@ def rank_queries(mode: str, picks: list[tuple[int, str, float]], query: dict, ga
         if feat_norm:
             chosen, gf = F.normalize(chosen, dim=1), F.normalize(gf, dim=1)
         dist = _query_distances(chosen, (chosen * chosen).sum(1), gf, (gf * gf).sum(1)).cpu()
-    removed = torch.from_numpy(removal_mask(mode, index, query, gallery))
+    removed = torch.from_numpy(removal_mask(mode, index, query, gallery, removal))
     dist = dist.masked_fill(removed, float('inf'))
     order = torch.sort(dist, dim=1, stable=True).indices.numpy()
     kept = (~removed).sum(1).numpy()
@@ -234,12 +240,13 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, 
     else:
         scored = evaluate(result['qf'], result['gf'], query['pids'], gallery['pids'], query['camids'],
                           gallery['camids'], query['views'], gallery['views'], mode,
-                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True)
+                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True,
+                          removal=result.get('removal'))
         per_query_ap, valid_index = scored['per_query_ap'], scored['valid_query_index']
     picks = select_queries(per_query_ap, valid_index, cfg.TEST.VISUALIZE_QUERIES)
     topk = cfg.TEST.VISUALIZE_TOPK
     ranked = rank_queries(mode, picks, query, gallery, qf=result['qf'], gf=result['gf'], distmat=distmat,
-                          topk=topk, feat_norm=cfg.TEST.FEAT_NORM)
+                          topk=topk, feat_norm=cfg.TEST.FEAT_NORM, removal=result.get('removal'))
     num_easy = sum(entry.tag == 'easy' for entry in ranked)
     title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
              f"(green: same identity, red: another)")
