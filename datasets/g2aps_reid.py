@@ -39,7 +39,9 @@ class G2APSReID(ReIDDataset):
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train', nested=True)
-        raw = read_protocol_lists(self.root, self.root, PROTOCOL_LISTS, 'G2APS-ReID', self.parse_name)
+        # As in the published loader, list lines are kept whatever their id: the list is the protocol.
+        raw = read_protocol_lists(self.root, self.root, PROTOCOL_LISTS, 'G2APS-ReID', self.parse_name,
+                                  skip_junk=False)
         protocols = {name: Protocol(query, gallery, SAME_CAMERA) for name, (query, gallery) in raw.items()}
         query, gallery = all_query_and_gallery(protocols)
         self._finish(train, query, gallery, protocols)

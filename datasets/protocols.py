@@ -45,10 +45,11 @@ def is_query_line(relative_path: str) -> bool:
     return first_folder.split('_', 1)[0] == 'query'
 
 
-def read_protocol_list(list_path: str, base_dir: str, parse: Callable[[str], tuple[Hashable, int, int]]
-                       ) -> tuple[list, list]:
+def read_protocol_list(list_path: str, base_dir: str, parse: Callable[[str], tuple[Hashable, int, int]],
+                       skip_junk: bool = True) -> tuple[list, list]:
     """(query, gallery) items with raw pids from a protocol list: one image path per line, relative to
-    `base_dir`. Blank lines are skipped; junk (pid -1) is skipped; a missing image stops with its line."""
+    `base_dir`. Blank lines are skipped, and junk (pid -1) when `skip_junk`; a missing image stops with
+    its line."""
     query, gallery = [], []
     with open(list_path, encoding='utf-8') as handle:
         lines = handle.read().splitlines()
@@ -60,7 +61,7 @@ def read_protocol_list(list_path: str, base_dir: str, parse: Callable[[str], tup
         if not os.path.isfile(path):
             raise UserError(f"{list_path} line {number}: image '{path}' does not exist")
         pid, camid, viewid = parse(os.path.basename(relative))
-        if pid == -1:
+        if skip_junk and pid == -1:
             continue
         (query if is_query_line(relative) else gallery).append((path, pid, camid, viewid))
     if not query or not gallery:
@@ -69,9 +70,10 @@ def read_protocol_list(list_path: str, base_dir: str, parse: Callable[[str], tup
 
 
 def read_protocol_lists(root: str, base_dir: str, list_files: dict[str, str], dataset: str,
-                        parse: Callable[[str], tuple[Hashable, int, int]]) -> dict[str, tuple[list, list]]:
+                        parse: Callable[[str], tuple[Hashable, int, int]], skip_junk: bool = True
+                        ) -> dict[str, tuple[list, list]]:
     """{protocol: (query, gallery)} for each list file present in `root`; at least one must be."""
-    found = {name: read_protocol_list(os.path.join(root, file), base_dir, parse)
+    found = {name: read_protocol_list(os.path.join(root, file), base_dir, parse, skip_junk)
              for name, file in list_files.items() if os.path.isfile(os.path.join(root, file))}
     if not found:
         raise UserError(f"DATASETS.ROOT_DIR '{root}' holds none of the {dataset} protocol lists "

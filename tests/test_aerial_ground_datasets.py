@@ -292,3 +292,17 @@ def test_unseen_cameras_get_no_camera_side_information(camera, view):
         assert torch.equal(side[[1, 2]], plain[[1, 2]])  # unseen cameras: no SIE term, no index error
     else:
         torch.testing.assert_close(side[1, 0] - plain[1, 0], 3.0 * encoder.sie_embed[0])  # view only
+
+
+def test_junk_list_lines_lagper_skips_g2aps_keeps(fixture_root, tmp_path):
+    """LAGPeR's loader drops id -1 list lines; G2APS-ReID's keeps every line of its lists."""
+    import shutil
+    for name, list_file, junk_name, kept in (('lagper', 'exp3_A2G+.txt', '-1_c1_0009.jpg', False),
+                                             ('g2aps_reid', 'exp3_A2G+.txt', '-001_c3v1_000009.jpg', True)):
+        root = str(tmp_path / name)
+        shutil.copytree(fixture_root(name), root)
+        write(os.path.join(root, 'bounding_box_test', 'junk', junk_name), 'not read here')
+        with open(os.path.join(root, list_file), 'a') as handle:
+            handle.write(f'bounding_box_test/junk/{junk_name}\n')
+        gallery = init_dataset(name, root).eval_split('A2G')[1]
+        assert (junk_name in names(gallery)) == kept
