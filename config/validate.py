@@ -218,4 +218,5 @@ def _check_eval_mode_is_declared(mode: str, names: list, factory: dict) -> None:
     for name in names:
         possible = factory[name].protocol_names
         if possible is not None and mode not in possible:
-            _fail('TEST.EVAL_MODE', mode, f"dataset '{name}' declares {', '.join(possible)} (or {ALL_PROTOCOLS})")
+            _fail('TEST.EVAL_MODE', mode,
+                  f"must be one of {', '.join((*possible, ALL_PROTOCOLS))} (the protocols of dataset '{name}')")

@@ -253,9 +253,9 @@ def test_csv_single_file_with_split_column(fixture_root):
 def test_eval_mode_is_checked_against_the_datasets_protocols():
     assert load_config('', ['DATASETS.NAMES', 'agreid_v2', 'TEST.EVAL_MODE', 'A2C']).TEST.EVAL_MODE == 'A2C'
     assert load_config('', ['DATASETS.NAMES', 'csv', 'TEST.EVAL_MODE', 'MINE']).TEST.EVAL_MODE == 'MINE'
-    with pytest.raises(UserError, match=r"TEST.EVAL_MODE = 'A2C': dataset 'mssl' declares S2G, G2S, DDC \(or ALL\)"):
+    with pytest.raises(UserError, match=r"TEST.EVAL_MODE = 'A2C': must be one of S2G, G2S, DDC, ALL \(the protocols of dataset 'mssl'\)"):
         load_config('', ['TEST.EVAL_MODE', 'A2C'])
-    with pytest.raises(UserError, match="dataset 'cargo' declares"):
+    with pytest.raises(UserError, match="must be one of MIXED, AG, A2G, G2A, A2A, G2G, ALL \\(the protocols of dataset 'cargo'\\)"):
         load_config('', ['TEST.EVAL_MODE', 'S2G', 'DATASETS.TEST_NAMES', 'agreid,cargo',
                          'DATASETS.TEST_ROOT_DIR', 'a,b'])
     with pytest.raises(UserError, match='TEST.EVAL_MODE'):

@@ -61,7 +61,7 @@ def test_train_on_mssl_and_test_on_agreid_in_one_command(tiny_mssl, tmp_path):
                                                         'TEST.EVAL_MODE', 'S2G'))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: TEST.EVAL_MODE = 'S2G': dataset 'lagper' declares A2G, G2A, G2AG (or ALL)"]
+        "error: TEST.EVAL_MODE = 'S2G': must be one of A2G, G2A, G2AG, ALL (the protocols of dataset 'lagper')"]
 
 
 def test_bad_csv_row_stops_the_script_with_one_line(tmp_path):
