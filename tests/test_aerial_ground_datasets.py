@@ -306,3 +306,20 @@ def test_junk_list_lines_lagper_skips_g2aps_keeps(fixture_root, tmp_path):
             handle.write(f'bounding_box_test/junk/{junk_name}\n')
         gallery = init_dataset(name, root).eval_split('A2G')[1]
         assert (junk_name in names(gallery)) == kept
+
+
+def test_mssl_keeps_its_rules(tiny_mssl):
+    from utils.vocabulary import MSSL_REMOVAL
+    ds = init_dataset('mssl', tiny_mssl)
+    assert {mode: ds.removal_rule(mode) for mode in ds.supported_modes} == MSSL_REMOVAL
+
+
+def test_ranked_lists_remove_by_the_protocols_rule():
+    from utils.visualize import removal_mask
+    query = {'pids': np.array([1]), 'camids': np.array([0]), 'views': np.array([GROUND])}
+    gallery = {'pids': np.array([1, 1, 1, 2]), 'camids': np.array([0, 1, 2, 0]),
+               'views': np.array([GROUND, GROUND, SKY, GROUND])}
+    assert removal_mask('DDC', [0], query, gallery).tolist() == [[True, False, False, False]]
+    assert removal_mask('G2S', [0], query, gallery).tolist() == [[True, True, False, False]]
+    assert removal_mask('G2AG', [0], query, gallery, SAME_CAMERA).tolist() == [[True, False, False, False]]
+    assert removal_mask('X', [0], query, gallery, 'none').tolist() == [[False] * 4]
