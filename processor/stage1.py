@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from datasets.bases import VIEW_IDS
+from utils.vocabulary import VIEW_IDS
 from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
