@@ -64,6 +64,7 @@ SPEC_TFLOPS = {'H200': (66.9, 989.4), 'H100 SXM': (66.9, 989.4), 'H100 PCIe': (5
 RECIPE = {'train_images': 35330, 'test_images': 31600, 'stage1_views': 2, 'stage1_epochs': 120,
           'stage1_batch': 64, 'stage2_epochs': 60, 'stage2_batch': 64, 'eval_period': 5}
 RESUME_NOISE_FACTOR = 10.0
+DEMO_TIMEOUT_S = 400
 LOADER_SOURCE_SIZE = (128, 256)  # width x height; assumed, see docs/BENCHMARKS.md
 
 
@@ -217,22 +218,26 @@ def part_resume(ctx) -> dict:
     killed = runs['killed']
     command = [sys.executable, str(ROOT / 'train_clipreid.py'),
                *tiny_training_opts(ctx.args, str(killed), ctx.data), *opts]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    resume_file, killed_after = killed / 'resume.pth', None
-    while process.poll() is None:
-        if resume_file.exists():
-            try:
-                killed_after = torch.load(resume_file, map_location='cpu', weights_only=True)['epoch']
-            except Exception:  # noqa: BLE001 - being replaced right now; atomic, so the next read works
-                killed_after = None
-            if killed_after is not None and killed_after >= 1:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
-    if killed_after is None or killed_after >= epochs:
-        return {'status': 'fail', 'summary': 'the run to interrupt finished before it could be killed '
-                                             f"(exit {process.returncode}): {process.stderr.read()[-300:]}"}
+    log_path = ctx.work / 'resume_killed.log'
+    with open(log_path, 'w') as log:  # a file, not a pipe: a full pipe would stall the child
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        resume_file, killed_after, deadline = killed / 'resume.pth', None, time.perf_counter() + 600
+        while process.poll() is None and time.perf_counter() < deadline:
+            if resume_file.exists():
+                try:
+                    killed_after = torch.load(resume_file, map_location='cpu', weights_only=True)['epoch']
+                except Exception:  # noqa: BLE001 - being replaced right now; atomic, so the next read works
+                    killed_after = None
+                if killed_after is not None and killed_after >= 1:
+                    break
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    if killed_after is None or killed_after >= epochs or process.returncode != -signal.SIGKILL:
+        tail = log_path.read_text()[-300:]
+        return {'status': 'fail', 'summary': f"the run to interrupt was not killed after an epoch (exit "
+                                             f"{process.returncode}, last resume epoch {killed_after}): {tail}"}
     train_clipreid.main(tiny_training_opts(ctx.args, str(killed), ctx.data) + opts + ['SOLVER.RESUME', 'auto'])
     straight, resumed = _final_weights(runs['straight']), _final_weights(killed)
     drift, bitwise = _max_difference(resumed, straight)
@@ -419,7 +424,7 @@ def part_demo(ctx) -> dict:
     env = dict(os.environ, DEMO_DATA=ctx.data, DEMO_OUT=str(out), DEMO_OPTS=' '.join(overrides))
     start = time.perf_counter()
     done = subprocess.run(['bash', str(ROOT / 'tools' / 'demo.sh')], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=max(60.0, ctx.time_left()))
+                          text=True, timeout=DEMO_TIMEOUT_S)
     seconds = time.perf_counter() - start
     (ctx.work / 'demo.log').write_text(done.stdout + done.stderr)
     if done.returncode != 0:
