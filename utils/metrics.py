@@ -178,9 +178,12 @@ def _positions_by_sorting(dist: torch.Tensor, cand_idx: torch.Tensor) -> torch.T
 
 
 def _query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
-                     g_sq: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries."""
-    return (q_sq.unsqueeze(1) + g_sq.unsqueeze(0)).addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
+                     g_sq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries, written into `out`
+    (reused across chunks: a fresh matrix per chunk costs its page faults every time)."""
+    dist = out[:len(q_chunk)]
+    torch.add(q_sq.unsqueeze(1), g_sq.unsqueeze(0), out=dist)
+    return dist.addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
 
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode: str,
@@ -287,12 +290,12 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
                              f"{query.shape[1]} vs {gallery.shape[1]}")
         if query.dtype != gallery.dtype:
             query, gallery = query.double(), gallery.double()
-        q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
-        _check_finite(q_sq, 'qf')
-        _check_finite(g_sq, 'gf')
+        _check_finite(query.sum(1), 'qf')
+        _check_finite(gallery.sum(1), 'gf')
         if feat_norm:
             query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-            q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
+        q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
+        dist_buffer = torch.empty(min(chunk_size, num_query), num_gallery, dtype=query.dtype, device=device)
 
     # Every query some protocol uses, once; each protocol's rows as positions in that union.
     union = np.unique(np.concatenate([rows for _, rows, _ in protocols]))
@@ -309,7 +312,7 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
     for start in range(0, len(union), chunk_size):
         rows = union_t[start:start + chunk_size]
         if distmat is None:
-            dist = _query_distances(query[rows], q_sq[rows], gallery, g_sq)
+            dist = _query_distances(query[rows], q_sq[rows], gallery, g_sq, dist_buffer)
         else:
             dist = distmat[rows.to(distmat.device)].to(device)
 
