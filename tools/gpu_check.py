@@ -617,8 +617,10 @@ def main(argv=None) -> int:
             result = globals()[f'part_{name}'](ctx)
         except (Exception, SystemExit) as error:  # noqa: BLE001 - one broken part must not hide the others
             (ctx.work / f'{name}.traceback.txt').write_text(traceback.format_exc())
-            result = {'status': 'fail', 'summary': f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                                                   f" (traceback in work/{name}.traceback.txt)"}
+            first_line = (str(error).splitlines() or [''])[0]
+            what = (f"stopped with exit code {error.code} (its error line is in the output)"
+                    if isinstance(error, SystemExit) else f"{type(error).__name__}: {first_line}")
+            result = {'status': 'fail', 'summary': f"{what} (traceback in work/{name}.traceback.txt)"}
         result['part_seconds'] = time.perf_counter() - start
         ctx.results[name] = result
         print(f"   {result['status']}: {result.get('summary', '')}", flush=True)
@@ -626,8 +628,9 @@ def main(argv=None) -> int:
     report['total_seconds'] = time.perf_counter() - ctx.started
     save()
     failed = [name for name, part in ctx.results.items() if part['status'] == 'fail']
-    print(f"done in {report['total_seconds']:.0f} s; " + (f"FAILED: {', '.join(failed)}" if failed else 'no part failed')
-          + f"; wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
+    verdict = f"FAILED: {', '.join(failed)}" if failed else 'no part failed'
+    print(f"done in {report['total_seconds']:.0f} s; {verdict}; wrote {out / 'gpu_check.json'} and "
+          f"{out / 'gpu_check.md'}")
     return 1 if failed else 0
 
 
