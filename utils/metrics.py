@@ -178,11 +178,13 @@ def _positions_by_sorting(dist: torch.Tensor, cand_idx: torch.Tensor) -> torch.T
 
 
 def _query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
-                     g_sq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                     g_sq: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries, written into `out`
-    (reused across chunks: a fresh matrix per chunk costs its page faults every time)."""
-    dist = out[:len(q_chunk)]
-    torch.add(q_sq.unsqueeze(1), g_sq.unsqueeze(0), out=dist)
+    when given (reused across chunks: a fresh matrix per chunk costs its page faults every time)."""
+    if out is None:
+        dist = q_sq.unsqueeze(1) + g_sq.unsqueeze(0)
+    else:
+        dist = torch.add(q_sq.unsqueeze(1), g_sq.unsqueeze(0), out=out[:len(q_chunk)])
     return dist.addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
 
 
