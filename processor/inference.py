@@ -7,7 +7,7 @@ import torch
 
 from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
-from evaluation.rank import evaluate
+from evaluation.rank import evaluate, evaluate_protocols
 from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
@@ -71,26 +71,50 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
     if not distributed.is_main():
         return distributed.broadcast_object(None)
 
+    def rows_of(split_items):
+        return torch.tensor([index_of[path][0] for path, *_ in split_items], device=feats.device)
+
+    metrics_of = {}
+    if cfg.TEST.RE_RANKING:
+        # k-reciprocal neighbours depend on every query present, so each mode is re-ranked alone.
+        distmats = {}
+        for mode, (query, gallery) in splits.items():
+            qf, gf = feats[rows_of(query)], feats[rows_of(gallery)]
+            norm = (lambda x: torch.nn.functional.normalize(x, dim=1)) if cfg.TEST.FEAT_NORM else (lambda x: x)
+            distmats[mode] = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
+                                        lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+            q, g = _columns(query), _columns(gallery)
+            metrics_of[mode] = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
+                                        g['views'], mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
+                                        distmat=distmats[mode], return_per_query=True,
+                                        removal=dataset.removal_rule(mode))
+    else:
+        # Modes that share a gallery are ranked together: distances computed once (MSSL: all three).
+        by_gallery = {}
+        for mode, (query, gallery) in splits.items():
+            by_gallery.setdefault(tuple(path for path, *_ in gallery), []).append(mode)
+        for modes_here in by_gallery.values():
+            gallery = splits[modes_here[0]][1]
+            union = list({item[0]: item for mode in modes_here for item in splits[mode][0]}.values())
+            position = {item[0]: row for row, item in enumerate(union)}
+            protocols = [(mode, np.array([position[path] for path, *_ in splits[mode][0]]),
+                          dataset.removal_rule(mode)) for mode in modes_here]
+            q, g = _columns(union), _columns(gallery)
+            metrics_of.update(evaluate_protocols(
+                feats[rows_of(union)], feats[rows_of(gallery)], q['pids'], g['pids'], q['camids'], g['camids'],
+                q['views'], g['views'], protocols, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
+                return_per_query=True))
+
     outcome = {}
     for mode, (query, gallery) in splits.items():
-        q_idx = torch.tensor([index_of[p][0] for p, *_ in query], device=feats.device)
-        g_idx = torch.tensor([index_of[p][0] for p, *_ in gallery], device=feats.device)
-        qf, gf = feats[q_idx], feats[g_idx]
-        q, g = _columns(query), _columns(gallery)
-        distmat = None
-        if cfg.TEST.RE_RANKING:
-            norm = (lambda x: torch.nn.functional.normalize(x, dim=1)) if cfg.TEST.FEAT_NORM else (lambda x: x)
-            distmat = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
-                                 lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
-        metrics = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'], g['views'],
-                           mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat,
-                           return_per_query=True, removal=dataset.removal_rule(mode))
+        metrics = metrics_of[mode]
         logger.info(format_metrics(metrics))
-        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf, removal=dataset.removal_rule(mode),
+        outcome[mode] = dict(metrics=metrics, query=_columns(query), gallery=_columns(gallery),
+                             qf=feats[rows_of(query)], gf=feats[rows_of(gallery)], removal=dataset.removal_rule(mode),
                              per_query_ap=metrics.pop('per_query_ap'),
                              valid_query_index=metrics.pop('valid_query_index'))
-        if distmat is not None and cfg.TEST.VISUALIZE:
-            outcome[mode]['distmat'] = distmat
+        if cfg.TEST.RE_RANKING and cfg.TEST.VISUALIZE:
+            outcome[mode]['distmat'] = distmats[mode]
     distributed.broadcast_object({mode: {'metrics': result['metrics']} for mode, result in outcome.items()})
     return outcome
 
