@@ -6,15 +6,16 @@ import sys
 
 from model import make_model
 from processor.inference import evaluate_model, write_results
-from utils.checkpoint import load_weights_only
+from utils.checkpoint import load_checkpoint_file
 from utils.cli import Run
 from utils.errors import UserError, exit_on_user_error
 from utils.metrics_log import log_evaluation
+from utils.run_lock import results_lock
 from utils.visualize import write_reports
 
 
 def load_reid_checkpoint(path: str) -> dict:
-    checkpoint = load_weights_only(path, f"TEST.WEIGHT '{path}'")
+    checkpoint = load_checkpoint_file(path, f"TEST.WEIGHT '{path}'")
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"TEST.WEIGHT '{path}' holds no state dict")
@@ -35,11 +36,13 @@ def main(argv=None) -> dict:
     else:
         logger.info('TEST.WEIGHT is empty: evaluating the CLIP backbone without re-ID training')
     outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.amp_dtype)
-    for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
-        logger.info(f"wrote {path}")
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}
-    log_evaluation(cfg.OUTPUT_DIR, metrics, weight=weight)
-    write_reports(cfg, outcome, logger, {'weights': weight or '(none: the CLIP backbone without re-ID training)'})
+    # No training lock: a test run only adds results, but one set at a time (another writer waits).
+    with results_lock(cfg.OUTPUT_DIR):
+        for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
+            logger.info(f"wrote {path}")
+        log_evaluation(cfg.OUTPUT_DIR, metrics, weight=weight)
+        write_reports(cfg, outcome, logger, {'weights': weight or '(none: the CLIP backbone without re-ID training)'})
     return metrics
 
 

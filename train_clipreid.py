@@ -14,12 +14,18 @@ from utils.checkpoint import start_or_resume
 from utils.cli import Run
 from utils.device import seed_everything
 from utils.errors import exit_on_user_error
+from utils.run_lock import results_lock
 from utils.visualize import write_reports, write_training_curves
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    run = Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train')
+    # The run holds OUTPUT_DIR's training lock until it ends, however it ends.
+    with Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train', training=True) as run:
+        return train(run)
+
+
+def train(run: Run) -> dict:
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
     distributed.require_divisible(cfg.SOLVER.STAGE2.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE,
                                   'identities per stage-2 batch (SOLVER.STAGE2.IMS_PER_BATCH // DATALOADER.NUM_INSTANCE)')
@@ -40,8 +46,9 @@ def main(argv=None) -> dict:
 
     def evaluate_fn(trained_model):
         outcome = evaluate_model(cfg, trained_model, dataset, device, logger, run.amp_dtype)
-        write_results(cfg.OUTPUT_DIR, outcome, save_features=False)
-        write_reports(cfg, outcome, logger, {'evaluated': 'the latest evaluation during training'})
+        with results_lock(cfg.OUTPUT_DIR):  # a test run writing into this folder waits its turn
+            write_results(cfg.OUTPUT_DIR, outcome, save_features=False)
+            write_reports(cfg, outcome, logger, {'evaluated': 'the latest evaluation during training'})
         return {mode: result['metrics'] for mode, result in outcome.items()}
 
     result = train_stage2(cfg, model, text_features, train_loader, dataset.num_train_pids, device, logger,

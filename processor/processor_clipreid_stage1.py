@@ -7,7 +7,8 @@ view learns its prompt for that view from its images of the other view (document
 every identity has a text feature in every view.
 
 The learned text features are cached in OUTPUT_DIR/stage1_text_features.pt together with a
-fingerprint of everything they depend on; a matching cache is reused, anything else is rebuilt.
+fingerprint of everything they depend on; a matching cache is reused, an out-of-date one is rebuilt,
+and a damaged one stops the run with one line (it is never overwritten unasked).
 """
 import hashlib
 import json
@@ -22,6 +23,7 @@ from solver.make_optimizer import make_optimizer_stage1
 from solver.scheduler import CosineWarmupLR
 from utils import atomic_io, distributed
 from utils.device import autocast
+from utils.errors import UserError
 from utils.metrics_log import append_record
 from utils.progress import progress
 
@@ -74,13 +76,21 @@ def cache_fingerprint(cfg, view: str, items: list) -> str:
 
 
 def load_cache(path: str) -> dict:
+    """The stage-1 cache, {} when there is none. A damaged one stops the run rather than being rebuilt
+    over: it may hold hours of stage 1, and a copy of it elsewhere may be intact."""
     if not os.path.isfile(path):
         return {}
     try:
         cache = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:  # a foreign or damaged file is rebuilt, never trusted
-        return {}
-    return cache if isinstance(cache, dict) else {}
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"stage-1 cache '{path}' is damaged or not a cache ({type(err).__name__}: {reason[:200]}); "
+                        f"copy an intact one there, or move it away (or delete it) to learn the text features "
+                        f"again") from None
+    if not isinstance(cache, dict):
+        raise UserError(f"stage-1 cache '{path}' holds no cache (a {type(cache).__name__}); move it away (or "
+                        f"delete it) to learn the text features again")
+    return cache
 
 
 @torch.no_grad()
