@@ -9,6 +9,7 @@ from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
 from utils.errors import UserError
 from utils.metrics import evaluate
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 from utils.reranking import re_ranking
 from utils.device import autocast
@@ -19,12 +20,13 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None) -> tor
     """Test features of every image of an ordered loader, as float32 on `device`."""
     model.eval()
     chunks = []
-    for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
-        with autocast(device, amp_dtype):
-            feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
-                          view_label=viewids.to(device))
-        chunks.append(feats.float())
-    return torch.cat(chunks)
+    with stop_on_out_of_memory('feature extraction', f'lower TEST.IMS_PER_BATCH ({loader.batch_size})'):
+        for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
+            with autocast(device, amp_dtype):
+                feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
+                              view_label=viewids.to(device))
+            chunks.append(feats.float())
+        return torch.cat(chunks)
 
 
 def eval_modes(cfg, dataset) -> list:

@@ -25,6 +25,7 @@ from utils import atomic_io, distributed
 from utils.device import autocast
 from utils.errors import UserError
 from utils.metrics_log import append_record
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 
 CACHE_NAME = 'stage1_text_features.pt'
@@ -175,7 +176,10 @@ def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, 
             continue
         if cached is not None:
             logger.info(f"Stage 1 [{view}]: the cached text features are out of date; rebuilding")
-        features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
+        finished = f"the text views learned so far are in {path}" if cache else 'no text view was cached yet'
+        with stop_on_out_of_memory(f'stage 1 [{view}]', 'lower SOLVER.STAGE1.IMS_PER_BATCH (prompt learning) or '
+                                   'TEST.IMS_PER_BATCH (its image features)', lambda: finished):
+            features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
         cache[view] = {'fingerprint': fingerprint, 'text_features': features[view]}
         if distributed.is_main():
             atomic_io.torch_save(cache, path)

@@ -14,12 +14,13 @@ import torch
 from loss.make_loss import msp_stage2_loss
 from loss.softmax_loss import CrossEntropyLabelSmooth
 from loss.triplet_loss import TripletLoss
+from processor.accumulation import accumulated_step, check_sub_batches
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR
 from utils import atomic_io, checkpoint, distributed
-from utils.device import autocast
 from utils.errors import UserError
 from utils.metrics_log import append_record, log_evaluation
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 
 
@@ -76,6 +77,19 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         if first_epoch > solver.MAX_EPOCHS:
             logger.info(f"nothing left to train: the resume state is at epoch {first_epoch - 1} and "
                         f"SOLVER.STAGE2.MAX_EPOCHS is {solver.MAX_EPOCHS} (raise it to train on)")
+    not_splittable = check_sub_batches(solver.IMS_PER_BATCH // distributed.world_size(), solver.ACCUM_STEPS,
+                                       cfg.DATALOADER.NUM_INSTANCE)
+    if not_splittable:
+        raise UserError(not_splittable)
+    batch_advice = (f"set SOLVER.STAGE2.ACCUM_STEPS {solver.ACCUM_STEPS * 2} to train the same batch of "
+                    f"SOLVER.STAGE2.IMS_PER_BATCH {solver.IMS_PER_BATCH} in smaller pieces, or lower "
+                    f"SOLVER.STAGE2.IMS_PER_BATCH")
+
+    def last_good() -> str:
+        where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                 else "no weights checkpoint was written yet")
+        return where + (f", and {resumable}" if resumable else '')
+
     bar, run_start, epochs_run = None, time.monotonic(), 0
     logger.info(f"Stage 2: {len(train_loader)} iterations per epoch, {solver.MAX_EPOCHS} epochs, "
                 f"{len(terms)} image-to-text term(s)")
@@ -92,23 +106,20 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
             images, pids = images.to(device, non_blocking=True), pids.to(device)
             camids, viewids = camids.to(device), viewids.to(device)
-            with autocast(device, amp_dtype):
-                out = net(images, cam_label=camids, view_label=viewids)
-            loss, parts = msp_stage2_loss(out, pids, viewids, terms, id_loss, triplet,
-                                          cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT)
-            step_loss, = distributed.mean_across_ranks(loss.item())  # a non-finite loss on any rank stops all
-            if not math.isfinite(step_loss):
-                where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
-                         else "no weights checkpoint was written yet")
-                where += f", and {resumable}" if resumable else ''
-                raise UserError(f"stage 2 loss became {step_loss} at epoch {epoch} iteration {step}; "
-                                f"{where} (try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            with stop_on_out_of_memory(f'stage 2 epoch {epoch} iteration {step}', batch_advice, last_good):
+                loss, parts, correct = accumulated_step(
+                    net, images, pids, camids, viewids, msp_stage2_loss, terms, id_loss, triplet,
+                    cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT, scaler, device, amp_dtype,
+                    solver.ACCUM_STEPS)
+            step_loss, = distributed.mean_across_ranks(loss.item())  # a non-finite loss on any rank stops all
+            if not math.isfinite(step_loss):  # checked before the step: the weights stay as they were
+                raise UserError(f"stage 2 loss became {step_loss} at epoch {epoch} iteration {step}; "
+                                f"{last_good()} (try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
             scaler.step(optimizer)
             scaler.update()
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')
-            acc = (out['cls_scores'][0].argmax(dim=1) == pids).float().mean().item()
+            acc = correct.item() / len(pids)
             total_loss, total_acc, steps = total_loss + loss.item(), total_acc + acc, steps + 1
             bar.set_postfix({'epoch': f'{epoch}/{solver.MAX_EPOCHS}', 'loss': f'{loss.item():.4f}',
                              'acc': f'{acc:.3f}', 'lr': f'{scheduler.get_last_lr()[0]:.2e}'}, refresh=False)
@@ -136,7 +147,8 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             last_checkpoint = save_checkpoint(cfg, model, epoch)
             logger.info(f"Saved {last_checkpoint}")
         if evaluate_fn is not None and (epoch % solver.EVAL_PERIOD == 0 or last_epoch):
-            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
+                    stop_on_out_of_memory(f'the evaluation after epoch {epoch}', 'lower TEST.IMS_PER_BATCH', last_good):
                 record['eval'] = evaluate_fn(model)  # RNG-neutral: evaluating never changes the training
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)
