@@ -84,8 +84,10 @@ def load_cache(path: str) -> dict:
     try:
         cache = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"stage-1 cache '{path}' is damaged or not a cache ({type(err).__name__}: {reason[:200]}); "
+        # torch's first line is short for a cut-off archive, and a paragraph for other bytes.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        reason = f"{type(err).__name__}: {reason}" if reason and len(reason) < 120 else 'unreadable bytes'
+        raise UserError(f"stage-1 cache '{path}' is damaged or not a cache ({reason}); "
                         f"copy an intact one there, or move it away (or delete it) to learn the text features "
                         f"again") from None
     if not isinstance(cache, dict):

@@ -51,9 +51,10 @@ def load_weights_only(path: str, what: str):
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if 'Weights only load failed' not in text:
-            raise UserError(f"{what} is damaged: {_first_line(err)}") from None
         found = re.search(r'GLOBAL (\S+)', text)
+        if 'Weights only load failed' not in text or not (found or zipfile.is_zipfile(path)):
+            # Garbage bytes also fail as "weights only": they are damage, not pickled objects.
+            raise DamagedFile(f"{what} is truncated or not a PyTorch checkpoint (unreadable bytes)") from None
         needs = f" (it needs the Python object {found.group(1)})" if found else ''
         raise UserError(f"{what} was refused: it holds pickled Python objects{needs}, and only tensors and "
                         f"plain containers are loaded (torch.load weights_only=True); load it once where you "
