@@ -77,13 +77,15 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         if first_epoch > solver.MAX_EPOCHS:
             logger.info(f"nothing left to train: the resume state is at epoch {first_epoch - 1} and "
                         f"SOLVER.STAGE2.MAX_EPOCHS is {solver.MAX_EPOCHS} (raise it to train on)")
-    not_splittable = check_sub_batches(solver.IMS_PER_BATCH // distributed.world_size(), solver.ACCUM_STEPS,
-                                       cfg.DATALOADER.NUM_INSTANCE)
+    local_batch = solver.IMS_PER_BATCH // distributed.world_size()
+    not_splittable = check_sub_batches(local_batch, solver.ACCUM_STEPS, cfg.DATALOADER.NUM_INSTANCE)
     if not_splittable:
         raise UserError(not_splittable)
-    batch_advice = (f"set SOLVER.STAGE2.ACCUM_STEPS {solver.ACCUM_STEPS * 2} to train the same batch of "
-                    f"SOLVER.STAGE2.IMS_PER_BATCH {solver.IMS_PER_BATCH} in smaller pieces, or lower "
-                    f"SOLVER.STAGE2.IMS_PER_BATCH")
+    finer = [n for n in range(solver.ACCUM_STEPS + 1, local_batch + 1)
+             if not check_sub_batches(local_batch, n, cfg.DATALOADER.NUM_INSTANCE)]
+    batch_advice = (f"set SOLVER.STAGE2.ACCUM_STEPS {finer[0]} to train the same batch of SOLVER.STAGE2.IMS_PER_BATCH "
+                    f"{solver.IMS_PER_BATCH} in smaller pieces, or lower SOLVER.STAGE2.IMS_PER_BATCH" if finer
+                    else f"lower SOLVER.STAGE2.IMS_PER_BATCH ({solver.IMS_PER_BATCH})")
 
     def last_good() -> str:
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
