@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-import torch
-
 from loss.make_loss import image_view_mask
 from utils.device import autocast
 

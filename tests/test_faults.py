@@ -3,7 +3,6 @@ out of memory. Each case ends in one `error:` line (exit code 2) or a run that w
 the user had readable and unchanged.
 """
 import json
-import os
 import shutil
 import signal
 import socket
