@@ -11,6 +11,7 @@ from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
 from utils.logger import setup_logger
+from utils.run_lock import hold_training_lock
 
 
 def parse_args(description: str, argv=None) -> argparse.Namespace:
@@ -36,7 +37,9 @@ def prepare_output_dir(path: str) -> None:
 class Run:
     """A configured run: cfg, logger, device, autocast dtype, training dataset and test sets."""
 
-    def __init__(self, argv, description: str, log_file: str, logger_name: str):
+    def __init__(self, argv, description: str, log_file: str, logger_name: str, training: bool = False):
+        """`training`: hold OUTPUT_DIR's training lock (rank 0) until `close()` / the end of a `with`."""
+        self.lock = None
         args = parse_args(description, argv)
         self.cfg = cfg = load_config(args.config_file, args.opts)
         main_process = distributed.is_main()  # under torchrun only rank 0 writes files and logs
@@ -44,6 +47,16 @@ class Run:
             prepare_output_dir(cfg.OUTPUT_DIR)
         self.logger = distributed.quiet_unless_main(
             setup_logger(logger_name, cfg.OUTPUT_DIR if main_process else '', log_file))
+        if training and main_process:
+            self.lock = hold_training_lock(cfg.OUTPUT_DIR, self.logger)
+        try:
+            self._prepare(args)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, args) -> None:
+        cfg = self.cfg
         self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts)}")
         self.logger.info('running with config:\n' + cfg.dump())
         seed_everything(cfg.SOLVER.SEED)
@@ -59,3 +72,14 @@ class Run:
         self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
                          + self.dataset.statistics_table())
         self.test_sets = build_test_sets(cfg, self.dataset, self.logger)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -515,7 +515,9 @@ def test_killed_mid_epoch_and_mid_save_then_resumed_matches_an_uninterrupted_run
     assert_every_checkpoint_loads(out)
     assert list(out.glob('.*.tmp')) == []
     assert 'left by a save that was interrupted' in (out / 'train_log.txt').read_text()
-    assert sorted(p.name for p in out.glob('*.pth')) == [f'{MODEL}_2.pth', f'{MODEL}_3.pth', 'resume.pth']
+    assert sorted(p.name for p in out.glob('*.pth')) == [f'{MODEL}_2.pth', f'{MODEL}_3.pth', 'resume.prev.pth',
+                                                         'resume.pth']
+    assert torch.load(out / 'resume.prev.pth', weights_only=True)['epoch'] == 2
     resumed = torch.load(out / f'{MODEL}_3.pth', weights_only=True)['model']
     uninterrupted = torch.load(reference_out / f'{MODEL}_3.pth', weights_only=True)['model']
     assert resumed.keys() == uninterrupted.keys()
