@@ -10,7 +10,7 @@ from processor.test_sets import build_test_sets
 from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
-from utils.logger import setup_logger
+from utils.logger import FILE_ONLY, setup_logger
 from utils.run_lock import hold_training_lock
 
 
@@ -57,8 +57,9 @@ class Run:
 
     def _prepare(self, args) -> None:
         cfg = self.cfg
-        self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts)}")
-        self.logger.info('running with config:\n' + cfg.dump())
+        self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts) or '(none)'}; "
+                         f"output folder: {cfg.OUTPUT_DIR}")
+        self.logger.info('running with config:\n' + cfg.dump(), extra=FILE_ONLY)
         seed_everything(cfg.SOLVER.SEED)
         self.device = distributed.setup(resolve_device(cfg.MODEL.DEVICE))
         self.amp_dtype = autocast_dtype(cfg.SOLVER.AMP, self.device)
@@ -69,8 +70,10 @@ class Run:
         self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
         if cfg.DATALOADER.SKIP_BAD_IMAGES:
             skip_unreadable_images(self.dataset, cfg.DATALOADER.NUM_WORKERS, self.logger)
-        self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
-                         + self.dataset.statistics_table())
+        data = self.dataset
+        self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}: train {data.num_train_pids} "
+                         f"identities / {len(data.train)} images, query {len(data.query)}, gallery {len(data.gallery)}")
+        self.logger.info(data.statistics_table(), extra=FILE_ONLY)
         self.test_sets = build_test_sets(cfg, self.dataset, self.logger)
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ from config import load_config
 from loss.make_loss import Stage2Criterion
 from model import make_model
 from processor.accumulation import accumulated_step, check_sub_batches, sub_batches
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils.errors import UserError
 
 CPU = torch.device('cpu')

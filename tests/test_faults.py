@@ -19,9 +19,9 @@ import train_clipreid
 from datasets.sampler import RandomIdentitySampler
 from model.make_model_clipreid import ReIDModel
 from loss import make_loss
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from tests.test_images import ODD_KINDS, write_odd_image
-from tests.test_robustness import ROOT, fails
+from tests.helpers import ROOT, fails
 from utils.errors import UserError
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from model import make_model
 from processor import stage1 as stage1
 from loss.make_loss import image_view_mask
 from processor.stage2 import i2t_terms
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils.errors import UserError
 
 LOGGER = logging.getLogger('test')

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from processor import run as cli
 from utils.errors import UserError
 from utils.run_lock import DirectoryLock, hold_training_lock, results_lock
