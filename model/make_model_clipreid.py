@@ -67,8 +67,8 @@ class ReIDModel(nn.Module):
             self.prompt_learners = nn.ModuleDict()
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
-                view_label: Optional[torch.Tensor] = None):
-        penultimate, feat, proj = self.image_encoder(x, cam_label, view_label)
+                view_label: Optional[torch.Tensor] = None, sie_weights: Optional[torch.Tensor] = None):
+        penultimate, feat, proj = self.image_encoder(x, cam_label, view_label, sie_weights=sie_weights)
         feat_bn = self.bottleneck(feat)
         proj_bn = self.bottleneck_proj(proj)
         if self.training:

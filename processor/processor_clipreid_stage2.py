@@ -12,6 +12,7 @@ import time
 import torch
 
 from loss.make_loss import msp_stage2_loss
+from model.checkpoint_meta import describe_model
 from loss.softmax_loss import CrossEntropyLabelSmooth
 from loss.triplet_loss import TripletLoss
 from solver.make_optimizer import make_optimizer_stage2
@@ -37,7 +38,8 @@ def checkpoint_path(cfg, epoch: int) -> str:
 def save_checkpoint(cfg, model, epoch: int) -> str:
     path = checkpoint_path(cfg, epoch)
     if distributed.is_main():
-        atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump()}, path)
+        atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump(),
+                              'meta': describe_model(cfg, model)}, path)
         checkpoint.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
 
