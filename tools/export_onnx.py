@@ -160,6 +160,8 @@ def main(argv=None) -> dict:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise UserError(f"--output '{args.output}': the folder '{folder}' does not exist")
+    if os.path.isdir(args.output):
+        raise UserError(f"--output '{args.output}' is a folder; name the .onnx file to write")
     if not os.access(folder, os.W_OK):
         raise UserError(f"--output '{args.output}': the folder '{folder}' is not writable")
     model = load_reid_model(args.weight, device='cpu', config_file=args.config_file, opts=args.opts)
