@@ -136,9 +136,10 @@ def _lookup(value: str, names: dict, count: int, kind: str, csv_path: str, image
 
 def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Nq, k'], gallery indices [Nq, k']) of the k nearest gallery features of each query by
-    squared Euclidean distance (the evaluator's), ties by gallery index; k' = min(k, Ng).
+    squared Euclidean distance (the evaluator's), equal distances in gallery order; k' = min(k, Ng).
 
-    Memory: chunk_size queries x (chunk_size + k) distances at a time, never Nq x Ng.
+    Memory: chunk_size queries x chunk_size gallery distances at a time, never Nq x Ng. Each gallery
+    block gives its k nearest (torch.topk), merged with the best so far.
     """
     k = min(k, gf.shape[0])
     g_sq = (gf * gf).sum(1)
@@ -151,14 +152,19 @@ def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096) ->
         for g_start in range(0, gf.shape[0], chunk_size):
             g_stop = min(g_start + chunk_size, gf.shape[0])
             block = _query_distances(q, q_sq, gf[g_start:g_stop], g_sq[g_start:g_stop])
-            block_index = torch.arange(g_start, g_stop, device=qf.device).expand(q.shape[0], -1)
-            # Earlier gallery indices come first in the concatenation, so a stable sort breaks ties by index.
-            dist, order = torch.sort(torch.cat([dist, block], dim=1), dim=1, stable=True)
-            index = torch.cat([index, block_index], dim=1).gather(1, order)
+            values, position = torch.topk(block, min(k, block.shape[1]), dim=1, largest=False, sorted=False)
+            dist, index = _by_distance_then_index(torch.cat([dist, values], 1), torch.cat([index, position + g_start], 1))
             dist, index = dist[:, :k], index[:, :k]
         best_dist.append(dist)
         best_index.append(index)
     return torch.cat(best_dist), torch.cat(best_index)
+
+
+def _by_distance_then_index(dist: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(index, dim=1, stable=True)
+    dist, index = dist.gather(1, order), index.gather(1, order)
+    order = torch.argsort(dist, dim=1, stable=True)
+    return dist.gather(1, order), index.gather(1, order)
 
 
 def _columns(paths: list[str], labels: Labels) -> dict:
