@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
         logger.info(f"loaded re-ID weights from {weight}")
     else:
         logger.info('TEST.WEIGHT is empty: evaluating the CLIP backbone without re-ID training')
-    outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.amp_dtype)
+    outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.test_amp_dtype)
     for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
         logger.info(f"wrote {path}")
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}

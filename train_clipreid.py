@@ -34,12 +34,12 @@ def main(argv=None) -> dict:
         text_features = resume['text_features']  # the ones the interrupted run trained against
     else:
         text_features = run_stage1(cfg, model, dataset.train, dataset.num_train_pids, device, logger,
-                                   run.amp_dtype) if text_views else {}
+                                   run.amp_dtype, dataset.train_by_view) if text_views else {}
     seed_everything(cfg.SOLVER.SEED)  # stage 2 starts alike whether stage 1 ran or came from its cache
     distributed.seed_per_rank(cfg.SOLVER.SEED)
 
     def evaluate_fn(trained_model):
-        outcome = evaluate_model(cfg, trained_model, dataset, device, logger, run.amp_dtype)
+        outcome = evaluate_model(cfg, trained_model, dataset, device, logger, run.test_amp_dtype)
         write_results(cfg.OUTPUT_DIR, outcome, save_features=False)
         write_reports(cfg, outcome, logger, {'evaluated': 'the latest evaluation during training'})
         return {mode: result['metrics'] for mode, result in outcome.items()}

@@ -59,9 +59,10 @@ _C.INPUT.SIZE_TEST = [256, 128]
 _C.INPUT.PROB = 0.5
 _C.INPUT.RE_PROB = 0.5
 _C.INPUT.PADDING = 10
-# Normalisation (CLIP's statistics).
-_C.INPUT.PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_C.INPUT.PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
+# Normalisation: (x - mean) / std per channel of the 0-1 image. The published recipe uses 0.5 / 0.5
+# (not CLIP's statistics, 0.481 0.458 0.408 / 0.269 0.261 0.276, which a model trained here can also use).
+_C.INPUT.PIXEL_MEAN = [0.5, 0.5, 0.5]
+_C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 
 # ---------------------------------------------------------------------------------------------
 # DATASETS
@@ -89,9 +90,11 @@ _C.DATALOADER.SKIP_BAD_IMAGES = False
 _C.SOLVER = CN()
 # Seed of every random number generator (model init, sampler, augmentation).
 _C.SOLVER.SEED = 1234
-# Mixed precision on CUDA: 'auto' (bf16 where supported, else fp16), 'bf16', 'fp16' or 'off'.
-# On CPU only an explicit 'bf16' applies (bf16 autocast: fast on CPUs with AVX512-BF16 or AMX, slow on
-# others; docs/BENCHMARKS.md); 'auto' and 'fp16' run in fp32 there.
+# Mixed precision of training (stage 1's feature pass and prompt steps, stage 2's steps). On CUDA:
+# 'fp16' = the published choice (fp16 autocast with a gradient scaler), 'bf16' (bf16 autocast, no scaler
+# needed), 'auto' (bf16 where the GPU supports it, else fp16) or 'off' (fp32). On CPU only an explicit
+# 'bf16' applies (fast on CPUs with AVX512-BF16 or AMX, slow on others; docs/BENCHMARKS.md); 'auto' and
+# 'fp16' run in fp32 there. Evaluation during training follows TEST.AMP, not this key.
 _C.SOLVER.AMP = 'auto'
 # torch.compile the model for the stage-2 training steps. The first steps are slower while it compiles
 # (about a minute for ViT-B-16); the steps after are faster (docs/BENCHMARKS.md). Needs a C++ compiler
@@ -157,6 +160,10 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.WEIGHT = ''
 # 'S2G' (sky queries), 'G2S' (ground queries), 'DDC' (all queries) or 'ALL' (the three, one extraction).
 _C.TEST.EVAL_MODE = 'ALL'
+# Precision of test feature extraction (test_clipreid.py and the evaluations during training): 'off' =
+# fp32, as the published test path; 'bf16', 'fp16' or 'auto' as SOLVER.AMP (faster on a GPU, features
+# differ in about the third significant digit).
+_C.TEST.AMP = 'off'
 # Test feature: last-block and projected class tokens concatenated, 'before' or 'after' the BN necks.
 _C.TEST.NECK_FEAT = 'before'
 # L2-normalise the test features before ranking.

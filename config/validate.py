@@ -106,6 +106,7 @@ RULES = {
     'DATALOADER.SKIP_BAD_IMAGES': _BOOL,
     'SOLVER.SEED': _int_at_least(0),
     'SOLVER.AMP': _choice(AMP_MODES),
+    'TEST.AMP': _choice(AMP_MODES),
     'SOLVER.COMPILE': _BOOL,
     'SOLVER.RESUME': _PATH_OR_EMPTY,
     'SOLVER.KEEP_CHECKPOINTS': _int_at_least(0),

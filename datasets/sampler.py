@@ -10,8 +10,8 @@ class RandomIdentitySampler(Sampler[int]):
     """Yields flat indices forming batches of P distinct identities x K images each
     (``P = batch_size // num_instances``, ``K = num_instances``).
 
-    Per epoch: each identity's indices are shuffled, padded with random repeats of its own images
-    when it has fewer than K, and chopped into chunks of K (an incomplete last chunk is dropped).
+    Per epoch: each identity's indices are shuffled and chopped into chunks of K (an incomplete last
+    chunk is dropped); an identity with fewer than K images gets one chunk of K draws with replacement.
     Global batches are then formed by repeatedly drawing P distinct identities that still have a
     chunk and taking one chunk from each, until fewer than P identities have chunks left.
 
@@ -66,9 +66,9 @@ class RandomIdentitySampler(Sampler[int]):
         k = self.num_instances
         chunks = {}
         for pid in self.pids:
-            indices = rng.permutation(self.indices_by_pid[pid])
-            if len(indices) < k:
-                indices = np.concatenate([indices, rng.choice(indices, size=k - len(indices), replace=True)])
+            indices = self.indices_by_pid[pid]
+            # Like the published sampler: an identity with fewer than K images gets K draws with replacement.
+            indices = rng.choice(indices, size=k, replace=True) if len(indices) < k else rng.permutation(indices)
             usable = len(indices) // k * k
             chunks[pid] = list(indices[:usable].reshape(-1, k))
         return chunks

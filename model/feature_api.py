@@ -40,6 +40,7 @@ from datasets.transforms import build_transforms
 from model.checkpoint_meta import (UNKNOWN_VIEW, check_meta, interpolation_mode, meta_from_config)
 from model.clip_loader import build_clip
 from model.make_model_clipreid import ReIDModel
+from model.published_format import from_published, is_published_layout, strip_data_parallel
 from utils.checkpoint import load_weights_only
 from utils.device import autocast, resolve_device
 from utils.errors import UserError
@@ -47,23 +48,18 @@ from utils.progress import progress
 
 SIDE_INFO_CHOICES = ('mean', 'omit', 'error')
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-# Keys by which a published CLIP-ReID / MSP state dict differs from this project's layout.
-_PUBLISHED_MARKERS = ('cv_embed', 'image_encoder.transformer.resblocks.0.ln_1.weight')
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def _strip_module(state: dict) -> dict:
-    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
-
-
 def read_checkpoint(path: str, config_file: str = '', opts: Sequence[str] = ()) -> tuple[dict, dict]:
     """(image state dict, model description) of a re-ID checkpoint of any kind this project reads.
 
     A checkpoint with a description ('meta') needs nothing else. One without (written before
-    descriptions existed, or a bare state dict) is described from its stored config, if any, then
-    `config_file` and `opts` (KEY VALUE overrides) on top.
+    descriptions existed, a bare state dict, or a published MSP / CLIP-ReID state dict, converted with
+    model/published_format.py) is described from its stored config, if any, then `config_file` and
+    `opts` (KEY VALUE overrides) on top.
     """
     what = f"checkpoint '{path}'"
     checkpoint = load_weights_only(path, what)
@@ -73,14 +69,13 @@ def read_checkpoint(path: str, config_file: str = '', opts: Sequence[str] = ()) 
         state, meta, stored_config = checkpoint['model'], checkpoint.get('meta'), checkpoint.get('config')
     else:
         state, meta, stored_config = checkpoint, None, None
-    state = _strip_module(state)
+    state = strip_data_parallel(state)
     if not all(isinstance(v, torch.Tensor) for v in state.values()) or not state:
         kinds = ', '.join(sorted(str(k) for k in checkpoint)[:4])
         raise UserError(f"{what} is not a re-ID model checkpoint (it holds {kinds}); pass a stage-2 checkpoint "
                         f"(MODEL.NAME_<epoch>.pth) or a resume.pth")
-    if any(marker in state for marker in _PUBLISHED_MARKERS):
-        raise UserError(f"{what} is in the published CLIP-ReID / MSP layout: convert it first with "
-                        f"tools/convert_published.py")
+    if is_published_layout(state):
+        state, _ = from_published(state)  # the stage-1 text side is not needed for features
     if not any(k.startswith('image_encoder.') for k in state):
         kinds = ', '.join(sorted(state)[:3])
         raise UserError(f"{what} is not a re-ID model checkpoint (no image_encoder.* weights; it holds {kinds}); "

@@ -7,6 +7,7 @@ from torch import nn
 
 from model.clip_loader import build_clip, load_clip
 from model.image_encoder import ReIDImageEncoder
+from model.published_format import from_published, is_published_layout, refuse_cnn, strip_data_parallel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
 
@@ -114,8 +115,16 @@ class ReIDModel(nn.Module):
                 f'use the dataset it was trained on')
 
     def load_image_state_dict(self, state_dict: Dict[str, torch.Tensor], for_test: bool = True) -> None:
-        """Load a re-ID checkpoint's image side; classifiers of another identity count are skipped for testing."""
-        sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+        """Load a re-ID checkpoint's image side: this project's or the published MSP / CLIP-ReID layout
+        (model/published_format.py), with or without DataParallel's `module.` prefix. Classifiers of
+        another identity count are skipped for testing."""
+        sd = strip_data_parallel(state_dict)
+        refuse_cnn(sd)
+        if is_published_layout(sd):
+            sd, dropped = from_published(sd)
+            if dropped:
+                logger.info('published checkpoint: its %d stage-1 text-side tensors (prompt_learner.*, '
+                            'text_encoder.*) are not used by the image model and were ignored', len(dropped))
         sd = {k: v for k, v in sd.items() if k.startswith(IMAGE_PREFIXES)}
         if not sd:
             raise UserError('the checkpoint holds no re-ID image weights (no image_encoder.* keys)')

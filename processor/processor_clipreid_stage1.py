@@ -19,7 +19,7 @@ from datasets.bases import VIEW_IDS
 from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
-from solver.scheduler import CosineWarmupLR
+from solver.scheduler import begin_epoch, current_lr, make_stage1_scheduler
 from utils import atomic_io, distributed
 from utils.device import autocast
 from utils.metrics_log import append_record
@@ -37,14 +37,19 @@ def text_views_to_learn(cfg) -> list:
     return views
 
 
-def stage1_items(train_items: list, view: str) -> list:
-    """The images a view's prompts learn from: that view's images, plus every image of the
-    identities that have none in that view."""
+def stage1_items(train_items: list, view: str, train_by_view: dict | None = None) -> list:
+    """The images a view's prompts learn from: the view's training images (`train_by_view[view_id]`:
+    the dataset's `bounding_box_train_air` / `_ground` folder when it has one, else the view's cameras),
+    plus every training image of the identities that have none in that view."""
     if view == 'all':
         return list(train_items)
     view_id = VIEW_IDS[view]
-    present = {pid for _, pid, _, item_view in train_items if item_view == view_id}
-    return [item for item in train_items if item[3] == view_id or item[1] not in present]
+    if train_by_view is None:
+        view_items = [item for item in train_items if item[3] == view_id]
+    else:
+        view_items = list(train_by_view[view_id])
+    present = {item[1] for item in view_items}
+    return view_items + [item for item in train_items if item[1] not in present]
 
 
 def _template(cfg, view: str) -> str:
@@ -110,8 +115,8 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
     solver = cfg.SOLVER.STAGE1
     optimizer = make_optimizer_stage1(learner.parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
                                       solver.OPTIMIZER_NAME)
-    scheduler = CosineWarmupLR(optimizer, max_epochs=solver.MAX_EPOCHS, warmup_epochs=solver.WARMUP_EPOCHS,
-                               warmup_lr_init=solver.WARMUP_LR_INIT, lr_min=solver.LR_MIN)
+    scheduler = make_stage1_scheduler(optimizer, max_epochs=solver.MAX_EPOCHS, warmup_epochs=solver.WARMUP_EPOCHS,
+                                      warmup_lr_init=solver.WARMUP_LR_INIT, lr_min=solver.LR_MIN)
     supcon = SupConLoss()
     generator = torch.Generator().manual_seed(cfg.SOLVER.SEED)
     learner.train()
@@ -120,6 +125,7 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
                 f"{solver.MAX_EPOCHS} epochs")
     epochs = progress(range(1, solver.MAX_EPOCHS + 1), desc=f'stage 1 [{view}]', unit='epoch', logger=logger)
     for epoch in epochs:
+        begin_epoch(scheduler, epoch)
         order = torch.randperm(len(items), generator=generator).to(device)
         total, steps = 0.0, 0
         for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
@@ -139,23 +145,24 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
                 logger.info(f"Stage 1 [{view}] epoch {epoch} iter {step}: loss {loss.item():.4f}")
                 append_record(cfg.OUTPUT_DIR, 'stage1_iter', view=view, epoch=epoch, iter=step, loss=loss.item())
         epoch_losses.append(total / steps)
-        lr = scheduler.get_last_lr()[0]
+        lr = current_lr(optimizer)
         logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, lr {lr:.2e}")
         append_record(cfg.OUTPUT_DIR, 'stage1_epoch', view=view, epoch=epoch, epochs=solver.MAX_EPOCHS,
                       loss=total / steps, lr=lr)
         epochs.set_postfix(loss=f'{total / steps:.4f}', lr=f'{lr:.2e}')
-        scheduler.step()
     learner.eval()
     return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu(), epoch_losses
 
 
-def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, amp_dtype=None) -> dict:
-    """Text features per learned view {view: [num_classes, embed_dim]}, from the cache when it matches."""
+def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, amp_dtype=None,
+               train_by_view: dict | None = None) -> dict:
+    """Text features per learned view {view: [num_classes, embed_dim]}, from the cache when it matches.
+    `train_by_view`: the dataset's per-view training images (see `stage1_items`)."""
     path = os.path.join(cfg.OUTPUT_DIR, CACHE_NAME)
     cache = distributed.broadcast_object(load_cache(path) if distributed.is_main() else None)
     features = {}
     for view in text_views_to_learn(cfg):
-        items = stage1_items(train_items, view)
+        items = stage1_items(train_items, view, train_by_view)
         # Rank 0's fingerprint (file times of PRETRAIN_PATH may differ between nodes): all ranks decide alike.
         fingerprint = distributed.broadcast_object(cache_fingerprint(cfg, view, items))
         cached = cache.get(view)

@@ -16,7 +16,7 @@ from model.checkpoint_meta import describe_model
 from loss.softmax_loss import CrossEntropyLabelSmooth
 from loss.triplet_loss import TripletLoss
 from solver.make_optimizer import make_optimizer_stage2
-from solver.scheduler import WarmupMultiStepLR
+from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
 from utils import atomic_io, checkpoint, distributed
 from utils.device import autocast
 from utils.errors import UserError
@@ -82,6 +82,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
     logger.info(f"Stage 2: {len(train_loader)} iterations per epoch, {solver.MAX_EPOCHS} epochs, "
                 f"{len(terms)} image-to-text term(s)")
     for epoch in range(first_epoch, solver.MAX_EPOCHS + 1):
+        begin_epoch(scheduler, epoch)
         train_loader.sampler.set_epoch(epoch)
         # Worker seeds depend on the epoch only, so a resumed epoch sees the same augmentation.
         train_loader.generator = checkpoint.epoch_generator(cfg.SOLVER.SEED, epoch)
@@ -113,17 +114,17 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             acc = (out['cls_scores'][0].argmax(dim=1) == pids).float().mean().item()
             total_loss, total_acc, steps = total_loss + loss.item(), total_acc + acc, steps + 1
             bar.set_postfix({'epoch': f'{epoch}/{solver.MAX_EPOCHS}', 'loss': f'{loss.item():.4f}',
-                             'acc': f'{acc:.3f}', 'lr': f'{scheduler.get_last_lr()[0]:.2e}'}, refresh=False)
+                             'acc': f'{acc:.3f}', 'lr': f'{current_lr(optimizer):.2e}'}, refresh=False)
             bar.update()
             if step % solver.LOG_PERIOD == 0:
                 logger.info(f"Stage 2 epoch {epoch} iter {step}/{len(train_loader)}: loss {loss.item():.4f}, "
-                            f"acc {acc:.3f}, lr {scheduler.get_last_lr()[0]:.2e}")
+                            f"acc {acc:.3f}, lr {current_lr(optimizer):.2e}")
                 append_record(cfg.OUTPUT_DIR, 'stage2_iter', epoch=epoch, iter=step, iters=len(train_loader),
-                              loss=loss.item(), acc=acc, lr=scheduler.get_last_lr()[0],
+                              loss=loss.item(), acc=acc, lr=current_lr(optimizer),
                               **{f'loss_{name}': part.item() for name, part in parts.items()})
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before saving and evaluating
         record = {'epoch': epoch, 'loss': total_loss / max(steps, 1), 'acc': total_acc / max(steps, 1),
-                  'lr': scheduler.get_last_lr()[0]}
+                  'lr': current_lr(optimizer)}
         record['loss'], record['acc'] = distributed.mean_across_ranks(record['loss'], record['acc'])
         epochs_run += 1
         eta = (time.monotonic() - run_start) / epochs_run * (solver.MAX_EPOCHS - epoch)
@@ -132,7 +133,6 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                     f"{time.monotonic() - epoch_start:.1f} s, eta {datetime.timedelta(seconds=round(eta))}")
         append_record(cfg.OUTPUT_DIR, 'stage2_epoch', **record, epochs=solver.MAX_EPOCHS,
                       time_s=time.monotonic() - epoch_start, eta_s=eta)
-        scheduler.step()
         last_epoch = epoch == solver.MAX_EPOCHS
         if epoch % solver.CHECKPOINT_PERIOD == 0 or last_epoch:
             last_checkpoint = save_checkpoint(cfg, model, epoch)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from datasets.sampler import RandomIdentitySampler
-from datasets.transforms import CLIP_MEAN, CLIP_STD, build_transforms
+from datasets.transforms import PUBLISHED_MEAN, PUBLISHED_STD, build_transforms
 
 
 def make_data(counts):
@@ -81,8 +81,9 @@ def test_identity_with_fewer_than_k_images_is_padded():
     # pid 0 (one image) and pid 1 (two images) each appear as a full chunk of K images
     for pid in (0, 1):
         assert taken[pid] == 4
+    # drawn with replacement from the identity's own images, as the published sampler does
     assert {i for i in indices if data[i][1] == 0} == {0}
-    assert {i for i in indices if data[i][1] == 1} == {1, 2}
+    assert {i for i in indices if data[i][1] == 1} <= {1, 2}
 
 
 def test_distributed_ranks_split_each_global_batch():
@@ -137,10 +138,11 @@ def test_transform_shapes_train_and_test():
     assert out_train.shape == (3, 32, 16) and out_train.dtype == torch.float32
     assert out_test.shape == (3, 24, 12)
     # uniform image: every test pixel is the normalised colour
-    expected = [(v / 255 - m) / s for v, m, s in zip((120, 30, 200), CLIP_MEAN, CLIP_STD)]
+    expected = [(v / 255 - m) / s for v, m, s in zip((120, 30, 200), PUBLISHED_MEAN, PUBLISHED_STD)]
     assert torch.allclose(out_test.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-2)
-    # erasing with p=1 writes zeros (the mean colour) somewhere
-    assert (out_train == 0).any()
+    # erasing with p=1 (timm, per-pixel normal noise) replaces a box of the uniform image with varied values
+    padded = {-1.0, *expected}  # the pad colour (0) normalises to -1
+    assert any(not any(abs(float(v) - c) < 1e-6 for c in padded) for v in out_train.flatten()[::7])
 
 
 def test_transform_validation():

@@ -161,3 +161,32 @@ def test_onnx_export_to_an_unwritable_path_fails_in_one_line(checkpoint, tmp_pat
     folder.mkdir()
     result = run('tools/export_onnx.py', '--weight', checkpoint, '--output', str(folder), '--no-check')
     assert_one_error_line(result, 'a_folder.onnx')
+
+
+@pytest.mark.slow
+def test_published_format_round_trip(checkpoint, tiny_mssl, tmp_path):
+    published, back = tmp_path / 'msp_state.pth', tmp_path / 'back.pth'
+    result = run('tools/convert_published.py', '--to', 'published', '--weight', checkpoint, '--output', str(published))
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = torch.load(published, weights_only=True)
+    assert 'cv_embed' in state and 'image_encoder.transformer.resblocks.0.attn.in_proj_weight' in state
+    assert not any(key.startswith('image_encoder.resblocks.') for key in state)
+    opts = ['MODEL.NAME', 'ViT-Tiny-16', 'MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_VIEW', 'True', 'MODEL.SIE_COE',
+            '0.5', 'MODEL.STRIDE_SIZE', '[12, 12]', 'INPUT.SIZE_TRAIN', '[64, 32]', 'INPUT.SIZE_TEST', '[64, 32]']
+    result = run('tools/convert_published.py', '--to', 'project', '--weight', str(published), '--output', str(back),
+                 *opts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    original, converted = torch.load(checkpoint, weights_only=True), torch.load(back, weights_only=True)
+    assert set(converted['model']) == set(original['model'])
+    assert all(torch.equal(converted['model'][key], value) for key, value in original['model'].items())
+    for key in ('arch', 'num_classes', 'camera_num', 'view_num', 'image_size', 'stride', 'sie_coe', 'feature_dim'):
+        assert converted['meta'][key] == original['meta'][key]
+    paths = [str(p) for p in sorted(Path(tiny_mssl, 'query').iterdir())[:3]]
+    features = [FeatureExtractor(load_reid_model(path, device='cpu', opts=opts))(paths, views=[1, 0, 1])
+                for path in (checkpoint, str(back), str(published))]  # the published file loads directly too
+    assert torch.allclose(features[1], features[0], atol=1e-6) and torch.allclose(features[2], features[0], atol=1e-6)
+    # Settings that do not fit the file: one line, nothing written.
+    result = run('tools/convert_published.py', '--to', 'project', '--weight', str(published),
+                 '--output', str(tmp_path / 'wrong.pth'), *opts[:-4])
+    assert_one_error_line(result, 'INPUT.SIZE_TRAIN')
+    assert not (tmp_path / 'wrong.pth').exists()

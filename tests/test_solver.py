@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from solver.make_optimizer import make_optimizer_stage1, make_optimizer_stage2
-from solver.scheduler import CosineWarmupLR, WarmupMultiStepLR
+from solver.scheduler import WarmupMultiStepLR, begin_epoch, make_stage1_scheduler
 from utils.errors import UserError
 
 
@@ -16,12 +16,13 @@ def tiny_model():
     return model
 
 
-def lr_per_epoch(scheduler, optimizer, epochs):
+def lr_per_epoch(scheduler, optimizer, epochs, first=1):
+    """The rates of epochs first..first+epochs-1, stepped as the trainers step them."""
     rates = []
-    for _ in range(epochs):
+    for epoch in range(first, first + epochs):
+        begin_epoch(scheduler, epoch)
         rates.append([group["lr"] for group in optimizer.param_groups])
         optimizer.step()
-        scheduler.step()
     return rates
 
 
@@ -79,30 +80,29 @@ def test_unknown_optimizer_is_user_error_naming_key():
         make_optimizer_stage1(tiny_model().parameters(), 0.1, 0.0, optimizer_name="rmsprop")
 
 
-def cosine_by_hand(epoch, base=3.5e-4, warmup=5, init=1e-5, lr_min=1e-6, total=120):
-    if epoch < warmup:
-        return init + (base - init) * epoch / warmup
-    return lr_min + (base - lr_min) * (1 + math.cos(math.pi * (epoch - warmup) / (total - warmup))) / 2
+def cosine_by_hand(t, base=3.5e-4, warmup=5, init=1e-5, lr_min=1e-6, total=120):
+    """The published stage-1 rate at epoch t: warm-up, then the cosine of the whole cycle (no prefix)."""
+    if t < warmup:
+        return init + (base - init) * t / warmup
+    if t >= total:
+        return lr_min
+    return lr_min + (base - lr_min) * (1 + math.cos(math.pi * t / total)) / 2
 
 
-def test_cosine_warmup_values():
+def test_stage1_cosine_values():
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([param], lr=3.5e-4)
-    sched = CosineWarmupLR(opt, max_epochs=120, warmup_epochs=5, warmup_lr_init=1e-5, lr_min=1e-6)
+    sched = make_stage1_scheduler(opt, max_epochs=120, warmup_epochs=5, warmup_lr_init=1e-5, lr_min=1e-6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # set by the constructor, never trained with
     rates = [r[0] for r in lr_per_epoch(sched, opt, 125)]
-    assert rates[0] == pytest.approx(1e-5)
-    assert rates[2] == pytest.approx(1e-5 + (3.5e-4 - 1e-5) * 2 / 5)
-    assert rates[5] == pytest.approx(3.5e-4)
-    assert rates[62] == pytest.approx(1e-6 + (3.5e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 57 / 115)))
-    for epoch in (1, 4, 7, 30, 100, 119):
-        assert rates[epoch] == pytest.approx(cosine_by_hand(epoch), rel=1e-9)
-    assert rates[120] == pytest.approx(1e-6) and rates[124] == pytest.approx(1e-6)
-    assert all(a >= b for a, b in zip(rates[5:], rates[6:]))
+    for epoch in range(1, 126):
+        assert rates[epoch - 1] == pytest.approx(cosine_by_hand(epoch), rel=1e-9), epoch
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
 
 
-def multistep_by_hand(epoch, base=3.5e-4, steps=(30, 50), gamma=0.1, factor=0.1, warmup=10):
-    warm = factor + (1 - factor) * epoch / warmup if epoch < warmup else 1.0
-    return base * warm * gamma ** sum(epoch >= s for s in steps)
+def multistep_by_hand(t, base=3.5e-4, steps=(30, 50), gamma=0.1, factor=0.1, warmup=10):
+    warm = factor + (1 - factor) * t / warmup if t < warmup else 1.0
+    return base * warm * gamma ** sum(t >= s for s in steps)
 
 
 def test_warmup_multistep_values():
@@ -110,19 +110,25 @@ def test_warmup_multistep_values():
     opt = torch.optim.Adam([param], lr=3.5e-4)
     sched = WarmupMultiStepLR(opt, milestones=[30, 50], gamma=0.1, warmup_factor=0.1, warmup_iters=10)
     rates = [r[0] for r in lr_per_epoch(sched, opt, 60)]
-    assert rates[0] == pytest.approx(3.5e-5)
-    assert rates[5] == pytest.approx(3.5e-4 * (0.1 + 0.9 * 0.5))
-    assert rates[10] == pytest.approx(3.5e-4) and rates[29] == pytest.approx(3.5e-4)
-    assert rates[30] == pytest.approx(3.5e-5) and rates[49] == pytest.approx(3.5e-5)
-    assert rates[50] == pytest.approx(3.5e-6)
-    for epoch in range(60):
-        assert rates[epoch] == pytest.approx(multistep_by_hand(epoch), rel=1e-9)
+    assert rates[0] == pytest.approx(3.5e-4 * 0.19)  # epoch 1 trains at t = 1, as published
+    assert rates[29 - 1] == pytest.approx(3.5e-4) and rates[30 - 1] == pytest.approx(3.5e-5)
+    assert rates[50 - 1] == pytest.approx(3.5e-6)
+    for epoch in range(1, 61):
+        assert rates[epoch - 1] == pytest.approx(multistep_by_hand(epoch), rel=1e-9)
 
 
 def test_warmup_constant():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = WarmupMultiStepLR(opt, [4], warmup_factor=0.25, warmup_iters=3, warmup_method="constant")
-    assert [r[0] for r in lr_per_epoch(sched, opt, 6)] == pytest.approx([0.25, 0.25, 0.25, 1.0, 0.1, 0.1])
+    assert [r[0] for r in lr_per_epoch(sched, opt, 6)] == pytest.approx([0.25, 0.25, 1.0, 0.1, 0.1, 0.1])
+
+
+def test_begin_epoch_raises_no_warning():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupMultiStepLR(opt, [4], warmup_iters=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        begin_epoch(sched, 1)
 
 
 def test_scheduler_argument_validation():
@@ -132,7 +138,7 @@ def test_scheduler_argument_validation():
     with pytest.raises(ValueError, match="warmup_method"):
         WarmupMultiStepLR(opt, [30], warmup_method="cosine")
     with pytest.raises(ValueError, match="warmup_epochs"):
-        CosineWarmupLR(opt, max_epochs=5, warmup_epochs=6)
+        make_stage1_scheduler(opt, max_epochs=5, warmup_epochs=6, warmup_lr_init=0.0, lr_min=0.0)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "multistep"])
@@ -141,7 +147,7 @@ def test_state_dict_round_trip_continues_identically(kind):
         model = tiny_model()
         opt = make_optimizer_stage2(model.named_parameters(), base_lr=1e-3, weight_decay=1e-4)
         if kind == "cosine":
-            sched = CosineWarmupLR(opt, max_epochs=12, warmup_epochs=3, warmup_lr_init=1e-5, lr_min=1e-6)
+            sched = make_stage1_scheduler(opt, max_epochs=12, warmup_epochs=3, warmup_lr_init=1e-5, lr_min=1e-6)
         else:
             sched = WarmupMultiStepLR(opt, [4, 8], warmup_iters=3)
         return opt, sched
@@ -157,7 +163,6 @@ def test_state_dict_round_trip_continues_identically(kind):
     sched2.load_state_dict(saved_sched)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        resumed = lr_per_epoch(sched2, opt2, 7)
+        resumed = lr_per_epoch(sched2, opt2, 7, first=6)
     assert flatten(resumed) == pytest.approx(flatten(reference[5:]), rel=1e-12)
     assert len(resumed[0]) == 4
-    assert sched2.last_epoch == 12

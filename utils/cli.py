@@ -48,7 +48,9 @@ class Run:
         seed_everything(cfg.SOLVER.SEED)
         self.device = distributed.setup(resolve_device(cfg.MODEL.DEVICE))
         self.amp_dtype = autocast_dtype(cfg.SOLVER.AMP, self.device)
-        self.logger.info(f"device: {self.device}; mixed precision: {self.amp_dtype or 'off'}; "
+        self.test_amp_dtype = autocast_dtype(cfg.TEST.AMP, self.device)
+        self.logger.info(f"device: {self.device}; mixed precision: training {self.amp_dtype or 'off'}, "
+                         f"test features {self.test_amp_dtype or 'off (fp32)'}; "
                          f"{distributed.describe()}")
         self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
         if cfg.DATALOADER.SKIP_BAD_IMAGES:
