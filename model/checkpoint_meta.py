@@ -113,6 +113,21 @@ def describe_model(cfg, model) -> dict:
     }
 
 
+def config_differences(meta, cfg) -> list[str]:
+    """The test preprocessing settings in which `cfg` differs from a checkpoint's description, as
+    "KEY saved (this run: value)" phrases; none for a checkpoint without a description."""
+    if not isinstance(meta, dict) or meta.get('format') != META_FORMAT:
+        return []
+    now = {'INPUT.SIZE_TEST': [int(v) for v in cfg.INPUT.SIZE_TEST],
+           'INPUT.PIXEL_MEAN': [float(v) for v in cfg.INPUT.PIXEL_MEAN],
+           'INPUT.PIXEL_STD': [float(v) for v in cfg.INPUT.PIXEL_STD],
+           'the test resize interpolation': test_interpolation(cfg)}
+    saved = {'INPUT.SIZE_TEST': meta.get('image_size'), 'INPUT.PIXEL_MEAN': meta.get('pixel_mean'),
+             'INPUT.PIXEL_STD': meta.get('pixel_std'), 'the test resize interpolation': meta.get('interpolation')}
+    return [f"{key} {saved[key]} (this run: {now[key]})" for key in now
+            if saved[key] is not None and saved[key] != now[key]]
+
+
 def check_meta(meta, what: str) -> dict:
     """`meta` if it has every required key of a known format; else one UserError naming `what`."""
     if not isinstance(meta, dict) or meta.get('format') != META_FORMAT:

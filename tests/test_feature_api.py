@@ -154,7 +154,7 @@ def test_older_and_bare_checkpoints_load_from_a_config(tiny_checkpoint, tmp_path
 
 def test_resume_state_describes_its_model_too(tiny_checkpoint, tmp_path):
     cfg, dataset, model, path = tiny_checkpoint
-    cfg = load_config('', tiny_opts(os.path.dirname(dataset.query[0][0]) + '/..', str(tmp_path)))
+    cfg = load_config('', tiny_opts(os.path.dirname(os.path.dirname(dataset.query[0][0])), str(tmp_path)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = WarmupMultiStepLR(optimizer, milestones=[2])
     resume = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
@@ -176,3 +176,14 @@ def test_files_that_are_not_reid_checkpoints_are_refused(tmp_path):
         load_reid_model(str(text), device='cpu')
     with pytest.raises(UserError, match='does not exist'):
         load_reid_model(str(tmp_path / 'missing.pth'), device='cpu')
+
+
+def test_testing_with_other_preprocessing_than_trained_is_logged(tiny_checkpoint):
+    from model.checkpoint_meta import config_differences
+    cfg, dataset, _, path = tiny_checkpoint
+    meta = torch.load(path, weights_only=True)['meta']
+    assert config_differences(meta, cfg) == []
+    assert config_differences(None, cfg) == []
+    other = load_config('', tiny_opts(os.path.dirname(os.path.dirname(dataset.query[0][0])), cfg.OUTPUT_DIR,
+                                      'INPUT.PIXEL_MEAN', '[0.4, 0.4, 0.4]'))
+    assert [d.split()[0] for d in config_differences(meta, other)] == ['INPUT.PIXEL_MEAN']
