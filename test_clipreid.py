@@ -8,10 +8,10 @@ from model import make_model
 from model.checkpoint_meta import config_differences
 from processor.inference import evaluate_model, write_results
 from utils.checkpoint import load_weights_only
-from utils.cli import Run
+from processor.run import Run
 from utils.errors import UserError, exit_on_user_error
-from utils.metrics_log import log_evaluation
-from utils.visualize import write_reports
+from reporting.metrics_log import log_evaluation
+from reporting.visualize import write_reports
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:

@@ -6,15 +6,15 @@ import sys
 
 from model import make_model
 from processor.inference import evaluate_model, write_results
-from processor.processor_clipreid_stage1 import run_stage1, text_views_to_learn
-from processor.processor_clipreid_stage2 import train_stage2
+from processor.stage1 import run_stage1, text_views_to_learn
+from processor.stage2 import train_stage2
 from datasets.make_dataloader import make_train_loader
 from utils import distributed
 from utils.checkpoint import start_or_resume
-from utils.cli import Run
+from processor.run import Run
 from utils.device import seed_everything
 from utils.errors import exit_on_user_error
-from utils.visualize import write_reports, write_training_curves
+from reporting.visualize import write_reports, write_training_curves
 
 
 @exit_on_user_error

@@ -8,10 +8,11 @@ import torch
 from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
 from utils.errors import UserError
-from utils.metrics import evaluate
+from evaluation.rank import evaluate
 from utils.progress import progress
-from utils.reranking import re_ranking
+from evaluation.rerank import re_ranking
 from utils.device import autocast
+from utils.vocabulary import MSSL_REMOVAL, features_file, results_file
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
                            mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat,
                            return_per_query=True)
         logger.info(format_metrics(metrics))
-        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf,
+        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf, removal=MSSL_REMOVAL[mode],
                              per_query_ap=metrics.pop('per_query_ap'),
                              valid_query_index=metrics.pop('valid_query_index'))
         if distmat is not None and cfg.TEST.VISUALIZE:
@@ -107,12 +108,12 @@ def write_results(output_dir: str, outcome: dict, save_features: bool) -> list:
     if not distributed.is_main():
         return written
     for mode, result in outcome.items():
-        path = os.path.join(output_dir, f'results_{mode}.json')
+        path = os.path.join(output_dir, results_file(mode))
         atomic_io.write_text(path, json.dumps(results_record(result['metrics']), indent=1, default=float))
         written.append(path)
         if save_features:
             q, g = result['query'], result['gallery']
-            path = os.path.join(output_dir, f'features_{mode}.npz')
+            path = os.path.join(output_dir, features_file(mode))
             atomic_io.savez(path, qf=result['qf'].cpu().numpy(), gf=result['gf'].cpu().numpy(),
                             q_pids=q['pids'], g_pids=g['pids'], q_camids=q['camids'], g_camids=g['camids'],
                             q_views=q['views'], g_views=g['views'],

@@ -83,7 +83,7 @@ def _check_helpers(out_dirs) -> None:
     # Only rank 0 writes checkpoints and results (each rank is given its own folder here to tell).
     from config import load_config
     from processor.inference import write_results
-    from processor.processor_clipreid_stage2 import save_checkpoint
+    from processor.stage2 import save_checkpoint
     out = Path(out_dirs[rank])
     cfg = load_config('', ['OUTPUT_DIR', str(out)])
     model = SimpleNamespace(image_state_dict=lambda: {'w': torch.ones(2)})
@@ -196,11 +196,11 @@ def test_distributed_stage1_learns_the_single_process_prompts(tiny_mssl, torchru
     from config import load_config
     from datasets import init_dataset
     from model import make_model
-    from processor.processor_clipreid_stage1 import run_stage1, text_views_to_learn
+    from processor.stage1 import run_stage1, text_views_to_learn
     from utils.device import seed_everything
     out, _ = torchrun_training
     cfg = load_config('', tiny_opts(tiny_mssl, str(tmp_path)))
-    seed_everything(cfg.SOLVER.SEED)  # as utils.cli.Run does before the model is built
+    seed_everything(cfg.SOLVER.SEED)  # as processor.run.Run does before the model is built
     dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
     model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        text_views=text_views_to_learn(cfg))

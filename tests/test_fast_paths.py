@@ -15,7 +15,7 @@ from model import make_model
 from model.blocks import self_attention
 from model.clip_loader import build_clip
 from model.make_model_clipreid import ReIDModel
-from processor.processor_clipreid_stage2 import train_stage2
+from processor.stage2 import train_stage2
 from tests.conftest import tiny_opts
 from utils.device import autocast, autocast_dtype
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from utils.errors import UserError
-from utils.metrics import MODES, evaluate, mode_query_mask
-from utils.reranking import re_ranking
+from evaluation.rank import MODES, evaluate, mode_query_mask
+from evaluation.rerank import re_ranking
 
 DATA = Path(__file__).parent / 'data'
 

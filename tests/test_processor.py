@@ -5,9 +5,9 @@ import torch
 from config import load_config
 from datasets import init_dataset
 from model import make_model
-from processor import processor_clipreid_stage1 as stage1
+from processor import stage1 as stage1
 from loss.make_loss import image_view_mask
-from processor.processor_clipreid_stage2 import i2t_terms
+from processor.stage2 import i2t_terms
 from tests.conftest import tiny_opts
 
 LOGGER = logging.getLogger('test')

@@ -25,7 +25,7 @@ import train_clipreid
 from config import load_config
 from datasets import init_dataset
 from model import make_model
-from processor import processor_clipreid_stage2 as stage2
+from processor import stage2 as stage2
 from tests.conftest import tiny_opts
 from utils import atomic_io, checkpoint
 from utils.errors import UserError
@@ -189,7 +189,7 @@ def test_output_dir_that_cannot_be_created_or_written(tiny_mssl, tmp_path, capsy
         raise OSError(errno.EROFS, 'Read-only file system')
 
     # The write probe is what catches a read-only folder for root, to whom os.access says yes.
-    monkeypatch.setattr('utils.cli.tempfile.TemporaryFile', read_only)
+    monkeypatch.setattr('processor.run.tempfile.TemporaryFile', read_only)
     line = fails(test_clipreid.main, tiny_opts(tiny_mssl, str(tmp_path / 'out')), capsys)
     assert line == f"error: OUTPUT_DIR '{tmp_path / 'out'}' is not writable: Read-only file system"
 
@@ -418,7 +418,7 @@ DRIVER = r'''
 import os, sys, time
 import torch
 import datasets.sampler
-import processor.processor_clipreid_stage2 as stage2
+import processor.stage2 as stage2
 
 def hang(where):
     print('HANGING ' + where, flush=True)

@@ -13,10 +13,13 @@ import test_clipreid
 import train_clipreid
 from config import load_config
 from tests.conftest import tiny_opts
-from utils import metrics_log, progress, visualize
+from evaluation import ranked_lists
+from reporting import metrics_log, visualize
+from utils import progress
+from utils.vocabulary import MSSL_REMOVAL
 from utils.errors import UserError
-from utils.metrics import evaluate
-from utils.visualize import BACKGROUND, MATCH_COLOR, MISS_COLOR, QUERY_COLOR, Layout
+from evaluation.rank import evaluate
+from reporting.visualize import BACKGROUND, MATCH_COLOR, MISS_COLOR, QUERY_COLOR, Layout
 
 LOGGER = logging.getLogger('test.visualize')
 
@@ -68,7 +71,7 @@ def scene(tmp_path):
 ])
 def test_ranking_applies_the_protocol_removal_rule(scene, mode, expected, matches):
     query, gallery, qf, gf, _ = scene
-    ranked, = visualize.rank_queries(mode, [(0, 'hard', 0.5)], query, gallery, qf=qf, gf=gf, topk=4)
+    ranked, = ranked_lists.rank_queries(MSSL_REMOVAL[mode], [(0, 'hard', 0.5)], query, gallery, qf=qf, gf=gf, topk=4)
     assert ranked.gallery.tolist() == expected
     assert ranked.match.tolist() == matches
     assert np.all(np.diff(ranked.dist) > 0)
@@ -77,7 +80,7 @@ def test_ranking_applies_the_protocol_removal_rule(scene, mode, expected, matche
 def test_ranked_list_borders_images_and_size(scene, tmp_path):
     query, gallery, qf, gf, colors = scene
     topk, layout = 6, Layout()
-    ranked = visualize.rank_queries('S2G', [(0, 'hard', 0.5)], query, gallery, qf=qf, gf=gf, topk=topk)
+    ranked = ranked_lists.rank_queries(MSSL_REMOVAL['S2G'], [(0, 'hard', 0.5)], query, gallery, qf=qf, gf=gf, topk=topk)
     assert len(ranked[0].gallery) == 5  # only 5 gallery items survive the removal: the 6th cell stays empty
     path = tmp_path / 'ranked.png'
     size = visualize.draw_ranked_lists(ranked, query, gallery, str(path), 'S2G', 'mssl', topk, layout)
@@ -118,7 +121,7 @@ def test_ranked_lists_agree_with_the_evaluators_per_query_ap(mode, use_distmat):
     assert np.mean(scored['per_query_ap']) == pytest.approx(scored['mAP'], abs=1e-12)
     assert len(scored['valid_query_index']) == scored['num_valid_query'] > 0
     picks = [(int(i), 'hard', float(ap)) for i, ap in zip(scored['valid_query_index'], scored['per_query_ap'])]
-    for entry in visualize.rank_queries(mode, picks, query, gallery, qf=qf, gf=gf, distmat=distmat,
+    for entry in ranked_lists.rank_queries(MSSL_REMOVAL[mode], picks, query, gallery, qf=qf, gf=gf, distmat=distmat,
                                         topk=num_gallery):
         hits = np.flatnonzero(entry.match)
         ap = np.mean([(k + 1) / (rank + 1) for k, rank in enumerate(hits)])
@@ -128,10 +131,10 @@ def test_ranked_lists_agree_with_the_evaluators_per_query_ap(mode, use_distmat):
 def test_query_selection_takes_a_few_easy_and_the_hardest():
     ap = [0.9, 0.1, 1.0, 0.05, 0.5, 0.3, 1.0, 0.2]
     index = [10, 11, 12, 13, 14, 15, 16, 17]
-    picks = visualize.select_queries(ap, index, 6)
+    picks = ranked_lists.select_queries(ap, index, 6)
     assert picks == [(12, 'easy', 1.0), (16, 'easy', 1.0),
                      (13, 'hard', 0.05), (11, 'hard', 0.1), (17, 'hard', 0.2), (15, 'hard', 0.3)]
-    assert [p[0] for p in visualize.select_queries(ap[:2], index[:2], 8)] == [11, 10]  # fewer than asked: all
+    assert [p[0] for p in ranked_lists.select_queries(ap[:2], index[:2], 8)] == [11, 10]  # fewer than asked: all
 
 
 def _outcome(tmp_path, modes) -> dict:
@@ -145,7 +148,7 @@ def _outcome(tmp_path, modes) -> dict:
         qf, gf = torch.randn(6, 4, generator=gen), torch.randn(12, 4, generator=gen)
         metrics = evaluate(qf, gf, query['pids'], gallery['pids'], query['camids'], gallery['camids'],
                            query['views'], gallery['views'], mode)
-        outcome[mode] = dict(metrics=metrics, query=query, gallery=gallery, qf=qf, gf=gf)
+        outcome[mode] = dict(metrics=metrics, query=query, gallery=gallery, qf=qf, gf=gf, removal=MSSL_REMOVAL[mode])
     return outcome
 
 

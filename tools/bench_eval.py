@@ -1,4 +1,4 @@
-"""Benchmark utils.metrics.evaluate against plain per-query numpy evaluators at MSSL scale.
+"""Benchmark evaluation.rank.evaluate against plain per-query numpy evaluators at MSSL scale.
 
 Baselines (both: full torch distance matrix, one np.argsort of the whole matrix, then a Python
 loop over queries, as the published evaluator does):
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.errors import exit_on_user_error  # noqa: E402
-from utils.metrics import MODES, evaluate, mode_query_mask  # noqa: E402
+from evaluation.rank import MODES, evaluate, mode_query_mask  # noqa: E402
 
 SKY_CAMERAS = 5  # cameras 0..4 are sky (UAV) cameras in the synthetic set, the rest ground
 

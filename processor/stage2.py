@@ -20,7 +20,7 @@ from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
 from utils import atomic_io, checkpoint, distributed
 from utils.device import autocast
 from utils.errors import UserError
-from utils.metrics_log import append_record, log_evaluation
+from reporting.metrics_log import append_record, log_evaluation
 from utils.progress import progress
 
 

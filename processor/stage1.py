@@ -22,7 +22,7 @@ from solver.make_optimizer import make_optimizer_stage1
 from solver.scheduler import begin_epoch, current_lr, make_stage1_scheduler
 from utils import atomic_io, distributed
 from utils.device import autocast
-from utils.metrics_log import append_record
+from reporting.metrics_log import append_record
 from utils.progress import progress
 
 CACHE_NAME = 'stage1_text_features.pt'

@@ -19,14 +19,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from datasets.bases import VIEW_NAMES
+from evaluation.rank import evaluate
+from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
+from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
-from utils.metrics import _query_distances, evaluate
-from utils.metrics_log import metrics_path, read_records, training_history
+from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, VIEW_NAMES, ranked_file
 
 MATCH_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -49,73 +48,6 @@ def camera_name(dataset_name: str, camid: int) -> str:
 
 def view_name(viewid: int) -> str:
     return VIEW_NAMES.get(int(viewid), f'view{viewid}')
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-query ranking
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class RankedQuery:
-    query: int            # index among the mode's queries
-    tag: str              # 'easy' or 'hard'
-    ap: float
-    gallery: np.ndarray   # top-k gallery indices, best first, removal rule applied
-    match: np.ndarray     # bool per gallery entry: same identity as the query
-    dist: np.ndarray
-
-
-def select_queries(per_query_ap, valid_query_index, count: int) -> list[tuple[int, str, float]]:
-    """(query index, 'easy' | 'hard', AP): the count // 3 highest-AP queries, then the lowest-AP
-    ones, hardest first (ties: lower query index first)."""
-    ap = np.asarray(per_query_ap, dtype=np.float64)
-    index = np.asarray(valid_query_index, dtype=np.int64)
-    count = min(int(count), len(ap))
-    num_easy = count // 3
-    easy = list(np.argsort(-ap, kind='stable')[:num_easy])
-    taken = set(easy)
-    hard = [i for i in np.argsort(ap, kind='stable') if i not in taken][:count - num_easy]
-    return ([(int(index[i]), 'easy', float(ap[i])) for i in easy]
-            + [(int(index[i]), 'hard', float(ap[i])) for i in hard])
-
-
-def removal_mask(mode: str, query_index, query: dict, gallery: dict) -> np.ndarray:
-    """[n, Ng] True where a gallery item is removed for a query, by the protocol's rule
-    (utils/metrics.py): S2G and G2S remove the query's pid in its view, DDC its pid in its camera."""
-    attribute = 'camids' if mode == 'DDC' else 'views'
-    query_index = np.asarray(query_index, dtype=np.int64)
-    same_pid = gallery['pids'][None, :] == query['pids'][query_index][:, None]
-    same_attr = gallery[attribute][None, :] == query[attribute][query_index][:, None]
-    return same_pid & same_attr
-
-
-def rank_queries(mode: str, picks: list[tuple[int, str, float]], query: dict, gallery: dict, qf=None,
-                 gf=None, distmat=None, topk: int = 10, feat_norm: bool = True) -> list[RankedQuery]:
-    """Top-k of each picked query, ranked as the evaluator ranks: ascending squared Euclidean
-    distance (on L2-normalised features when feat_norm; or the rows of `distmat`), ties by
-    gallery index, after the removal rule."""
-    if not picks:
-        return []
-    index = np.array([p[0] for p in picks], dtype=np.int64)
-    if distmat is not None:
-        dist = torch.as_tensor(distmat)[torch.as_tensor(index)].cpu()
-        dist = dist if dist.dtype == torch.float64 else dist.float()  # the evaluator's precision
-    else:
-        qf, gf = torch.as_tensor(qf).float(), torch.as_tensor(gf).float()
-        chosen = qf[torch.as_tensor(index, device=qf.device)]
-        if feat_norm:
-            chosen, gf = F.normalize(chosen, dim=1), F.normalize(gf, dim=1)
-        dist = _query_distances(chosen, (chosen * chosen).sum(1), gf, (gf * gf).sum(1)).cpu()
-    removed = torch.from_numpy(removal_mask(mode, index, query, gallery))
-    dist = dist.masked_fill(removed, float('inf'))
-    order = torch.sort(dist, dim=1, stable=True).indices.numpy()
-    kept = (~removed).sum(1).numpy()
-    ranked = []
-    for row, (q_index, tag, ap) in enumerate(picks):
-        top = order[row, :min(topk, int(kept[row]))]
-        ranked.append(RankedQuery(query=q_index, tag=tag, ap=ap, gallery=top,
-                                  match=gallery['pids'][top] == query['pids'][q_index],
-                                  dist=dist[row, top].numpy()))
-    return ranked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,11 +181,12 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, 
     else:
         scored = evaluate(result['qf'], result['gf'], query['pids'], gallery['pids'], query['camids'],
                           gallery['camids'], query['views'], gallery['views'], mode,
-                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True)
+                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True,
+                          removal=result['removal'])
         per_query_ap, valid_index = scored['per_query_ap'], scored['valid_query_index']
     picks = select_queries(per_query_ap, valid_index, cfg.TEST.VISUALIZE_QUERIES)
     topk = cfg.TEST.VISUALIZE_TOPK
-    ranked = rank_queries(mode, picks, query, gallery, qf=result['qf'], gf=result['gf'], distmat=distmat,
+    ranked = rank_queries(result['removal'], picks, query, gallery, qf=result['qf'], gf=result['gf'], distmat=distmat,
                           topk=topk, feat_norm=cfg.TEST.FEAT_NORM)
     num_easy = sum(entry.tag == 'easy' for entry in ranked)
     title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
@@ -364,13 +297,13 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> li
     details = {'dataset': f"{cfg.DATASETS.NAMES} ({cfg.DATASETS.ROOT_DIR})", 'model': cfg.MODEL.NAME,
                **(details or {})}
     head = '\n'.join(f'- {key}: {value}' for key, value in details.items())
-    written = [os.path.join(output_dir, 'results.md'), os.path.join(output_dir, 'cmc.png')]
+    written = [os.path.join(output_dir, RESULTS_TABLE), os.path.join(output_dir, CMC_PLOT)]
     atomic_io.write_text(written[0], f"# Results\n\n{head}\n\n{table}\n\n"
                                      "Percentages; queries without a positive after removal are not counted.\n")
     plot_cmc({mode: m['cmc'] for mode, m in metrics.items()}, written[1])
     if cfg.TEST.VISUALIZE:
         for mode, result in outcome.items():
-            path = os.path.join(output_dir, f'ranked_{mode}.png')
+            path = os.path.join(output_dir, ranked_file(mode))
             ranked_list_for_mode(cfg, mode, result, path)
             written.append(path)
     for path in written:
@@ -380,7 +313,7 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> li
 
 def write_training_curves(output_dir: str, logger) -> str | None:
     """training_curves.png from OUTPUT_DIR/metrics.jsonl, at the end of training."""
-    source, path = metrics_path(output_dir), os.path.join(output_dir, 'training_curves.png')
+    source, path = metrics_path(output_dir), os.path.join(output_dir, TRAINING_CURVES)
     if not distributed.is_main() or not os.path.isfile(source) or not plot_training_curves(source, path):
         return None
     logger.info(f"wrote {path}")

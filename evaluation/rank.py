@@ -171,7 +171,7 @@ def _ranks_by_sorting(dist: torch.Tensor, junk_idx: torch.Tensor, junk: torch.Te
     return torch.sort(ranks, dim=1).values
 
 
-def _query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
+def query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
                      g_sq: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries."""
     return (q_sq.unsqueeze(1) + g_sq.unsqueeze(0)).addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
@@ -245,7 +245,7 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     for start in range(0, num_query, chunk_size):
         stop = min(start + chunk_size, num_query)
         if distmat is None:
-            dist = _query_distances(query[start:stop], q_sq[start:stop], gallery, g_sq)
+            dist = query_distances(query[start:stop], q_sq[start:stop], gallery, g_sq)
         else:
             dist = distmat[start:stop].to(device)
 

@@ -1,0 +1,1 @@
+"""Reporting: metrics.jsonl, results.md, CMC and training curves, ranked-list pictures."""
