@@ -20,7 +20,7 @@ import torch
 from model.feature_api import PRECISIONS, SIDE_INFO_CHOICES, FeatureExtractor, load_reid_model
 from processor.search import (labels_from_csv, labels_from_names, list_images, read_label_csv, top_k,
                               unknown_labels, write_outputs)
-from utils.cli import prepare_output_dir
+from processor.run import prepare_output_dir
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logger
 from utils.vocabulary import SEARCH_CSV, SEARCH_FEATURES, SEARCH_JSON, SEARCH_PICTURE

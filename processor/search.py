@@ -18,11 +18,12 @@ from datasets.agreid import parse_agreid_name
 from datasets.bases import IMAGE_EXTENSIONS, list_image_files
 from datasets.market1501 import parse_market_name
 from datasets.mssl import parse_mssl_name
+from evaluation.rank import query_distances
+from evaluation.ranked_lists import RankedQuery
+from reporting.visualize import draw_ranked_lists
 from utils import atomic_io
 from utils.errors import UserError
-from utils.metrics import _query_distances
 from utils.vocabulary import VIEW_IDS
-from utils.visualize import RankedQuery, draw_ranked_lists
 
 UNKNOWN = -1
 NAMINGS = {'mssl': parse_mssl_name, 'market1501': parse_market_name, 'agreid': parse_agreid_name}
@@ -151,7 +152,7 @@ def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096) ->
         index = torch.empty(q.shape[0], 0, dtype=torch.long, device=qf.device)
         for g_start in range(0, gf.shape[0], chunk_size):
             g_stop = min(g_start + chunk_size, gf.shape[0])
-            block = _query_distances(q, q_sq, gf[g_start:g_stop], g_sq[g_start:g_stop])
+            block = query_distances(q, q_sq, gf[g_start:g_stop], g_sq[g_start:g_stop])
             values, position = torch.topk(block, min(k, block.shape[1]), dim=1, largest=False, sorted=False)
             dist, index = _by_distance_then_index(torch.cat([dist, values], 1), torch.cat([index, position + g_start], 1))
             dist, index = dist[:, :k], index[:, :k]

@@ -15,7 +15,7 @@ from model import make_model
 from model.checkpoint_meta import META_FORMAT
 from model.feature_api import FeatureExtractor, load_reid_model, sie_weights
 from processor.inference import extract_features
-from processor.processor_clipreid_stage2 import save_checkpoint
+from processor.stage2 import save_checkpoint
 from solver.scheduler import WarmupMultiStepLR
 from tests.conftest import tiny_opts
 from utils import checkpoint

@@ -14,7 +14,7 @@ from PIL import Image
 from model.feature_api import FeatureExtractor, load_reid_model
 from processor.search import top_k
 from tests.test_feature_api import write_tiny_checkpoint
-from utils.metrics import _query_distances
+from evaluation.rank import query_distances
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_chunked_top_k_equals_the_full_ranking():
     qf, gf = torch.randn(7, 5, generator=generator), torch.randn(23, 5, generator=generator)
     gf[10] = gf[3]  # a tie: the lower gallery index ranks first
     dist, index = top_k(qf, gf, k=6, chunk_size=4)
-    full = _query_distances(qf, (qf * qf).sum(1), gf, (gf * gf).sum(1))
+    full = query_distances(qf, (qf * qf).sum(1), gf, (gf * gf).sum(1))
     expected = torch.sort(full, dim=1, stable=True)
     assert torch.equal(index, expected.indices[:, :6])
     assert torch.allclose(dist, expected.values[:, :6])
