@@ -26,7 +26,6 @@ import time
 
 from bench_common import ROOT, best_time, describe_machine, machine_info, print_table, write_report
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from config import load_config  # noqa: E402
