@@ -1,4 +1,5 @@
-"""Evaluate a re-ID checkpoint (TEST.WEIGHT) in the S2G, G2S, DDC or ALL protocol.
+"""Evaluate a re-ID checkpoint (TEST.WEIGHT) in one protocol of the test dataset (MSSL: S2G, G2S, DDC)
+or ALL of them; on the training dataset, or on those of DATASETS.TEST_NAMES.
 
     python test_clipreid.py --config_file configs/person/vit_clipreid.yml TEST.EVAL_MODE S2G TEST.WEIGHT path.pth
 """
@@ -6,12 +7,11 @@ import sys
 
 from model import make_model
 from model.checkpoint_meta import config_differences
-from processor.inference import evaluate_model, write_results
+from processor.test_sets import evaluate_test_sets
 from utils.checkpoint import load_weights_only
 from processor.run import Run
 from utils.errors import UserError, exit_on_user_error
 from reporting.metrics_log import log_evaluation
-from reporting.visualize import write_reports
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
@@ -38,12 +38,10 @@ def main(argv=None) -> dict:
         logger.info(f"loaded re-ID weights from {weight}")
     else:
         logger.info('TEST.WEIGHT is empty: evaluating the CLIP backbone without re-ID training')
-    outcome = evaluate_model(cfg, model.to(device), dataset, device, logger, run.test_amp_dtype)
-    for path in write_results(cfg.OUTPUT_DIR, outcome, save_features=cfg.TEST.SAVE_FEATURES):
-        logger.info(f"wrote {path}")
-    metrics = {mode: result['metrics'] for mode, result in outcome.items()}
+    metrics = evaluate_test_sets(cfg, model.to(device), run.test_sets, device, logger, run.test_amp_dtype,
+                                 save_features=cfg.TEST.SAVE_FEATURES,
+                                 details={'weights': weight or '(none: the CLIP backbone without re-ID training)'})
     log_evaluation(cfg.OUTPUT_DIR, metrics, weight=weight)
-    write_reports(cfg, outcome, logger, {'weights': weight or '(none: the CLIP backbone without re-ID training)'})
     return metrics
 
 

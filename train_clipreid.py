@@ -5,16 +5,16 @@
 import sys
 
 from model import make_model
-from processor.inference import evaluate_model, write_results
 from processor.stage1 import run_stage1, text_views_to_learn
 from processor.stage2 import train_stage2
+from processor.test_sets import evaluate_test_sets
 from datasets.make_dataloader import make_train_loader
 from utils import distributed
 from utils.checkpoint import start_or_resume
 from processor.run import Run
 from utils.device import seed_everything
 from utils.errors import exit_on_user_error
-from reporting.visualize import write_reports, write_training_curves
+from reporting.visualize import write_training_curves
 
 
 @exit_on_user_error
@@ -39,10 +39,8 @@ def main(argv=None) -> dict:
     distributed.seed_per_rank(cfg.SOLVER.SEED)
 
     def evaluate_fn(trained_model):
-        outcome = evaluate_model(cfg, trained_model, dataset, device, logger, run.test_amp_dtype)
-        write_results(cfg.OUTPUT_DIR, outcome, save_features=False)
-        write_reports(cfg, outcome, logger, {'evaluated': 'the latest evaluation during training'})
-        return {mode: result['metrics'] for mode, result in outcome.items()}
+        return evaluate_test_sets(cfg, trained_model, run.test_sets, device, logger, run.test_amp_dtype,
+                                  details={'evaluated': 'the latest evaluation during training'})
 
     result = train_stage2(cfg, model, text_features, train_loader, dataset.num_train_pids, device, logger,
                           evaluate_fn=evaluate_fn, amp_dtype=run.amp_dtype, resume=resume)

@@ -68,10 +68,18 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # DATASETS
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# 'mssl', 'agreid' (AG-ReID v1) or 'market1501'.
+# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'market1501' or 'csv'
+# (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
 _C.DATASETS.NAMES = 'mssl'
-# Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query).
+# Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query) and,
+# for the datasets that ship them, the protocol lists (for AG-ReID.v2 the outer AG-ReID.v2/ folder).
 _C.DATASETS.ROOT_DIR = 'data/mssl'
+# Cross-dataset testing: the datasets to evaluate on, comma-separated names as in NAMES (e.g.
+# 'agreid' or 'agreid,cargo'), each read from the folder at the same place in TEST_ROOT_DIR (comma-
+# separated too). Used by test_clipreid.py and by training's evaluations; results go to
+# OUTPUT_DIR/test_<name>/. Empty: evaluate on the training dataset, results in OUTPUT_DIR.
+_C.DATASETS.TEST_NAMES = ''
+_C.DATASETS.TEST_ROOT_DIR = ''
 
 # ---------------------------------------------------------------------------------------------
 # DATALOADER
@@ -158,7 +166,8 @@ _C.TEST = CN()
 _C.TEST.IMS_PER_BATCH = 64
 # Re-ID checkpoint to evaluate (test_clipreid.py); '' = the CLIP backbone without re-ID training.
 _C.TEST.WEIGHT = ''
-# 'S2G' (sky queries), 'G2S' (ground queries), 'DDC' (all queries) or 'ALL' (the three, one extraction).
+# A protocol the test dataset declares (MSSL: 'S2G' sky queries, 'G2S' ground queries, 'DDC' all queries;
+# the others: README.md, "Datasets") or 'ALL': every protocol it declares, from one feature extraction.
 _C.TEST.EVAL_MODE = 'ALL'
 # Precision of test feature extraction (test_clipreid.py and the evaluations during training): 'off' =
 # fp32, as the published test path; 'bf16', 'fp16' or 'auto' as SOLVER.AMP (faster on a GPU, features

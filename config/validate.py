@@ -5,12 +5,12 @@ from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
 
-EVAL_MODES = ('S2G', 'G2S', 'DDC', 'ALL')
 TEXT_VIEWS = ('all', 'sky', 'ground')
 IMAGE_VIEWS = ('all', 'sky', 'ground')
 OPTIMIZERS = ('Adam', 'AdamW', 'SGD')
 AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
 _DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?|mps)$')
+_PROTOCOL_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_+-]*')  # as datasets/protocols.PROTOCOL_NAME
 
 
 def _get(cfg: CN, key: str):
@@ -69,6 +69,8 @@ _NON_EMPTY = (lambda v: isinstance(v, str) and v.strip() != ''), 'must be a non-
 _TEMPLATE = (lambda v: isinstance(v, str) and ' X' in f' {v}'), "must contain 'X' placeholder words"
 _TRIPLE = (lambda v: len(v) == 3 and all(_is_number(x) for x in v)), 'must be three numbers'
 _PATH_OR_EMPTY = (lambda v: isinstance(v, str)), 'must be a path or empty'
+_COMMA_LIST = ((lambda v: isinstance(v, str) and (v.strip() == '' or all(x.strip() for x in v.split(',')))),
+               'must be empty or comma-separated non-empty entries')
 _DEVICE = (lambda v: bool(_DEVICE_PATTERN.match(v))), "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 RULES = {
@@ -101,6 +103,8 @@ RULES = {
                         'must be three positive numbers'),
     'DATASETS.NAMES': _NON_EMPTY,
     'DATASETS.ROOT_DIR': _NON_EMPTY,
+    'DATASETS.TEST_NAMES': _COMMA_LIST,
+    'DATASETS.TEST_ROOT_DIR': _COMMA_LIST,
     'DATALOADER.NUM_WORKERS': _int_at_least(0),
     'DATALOADER.NUM_INSTANCE': _int_at_least(1),
     'DATALOADER.SKIP_BAD_IMAGES': _BOOL,
@@ -140,7 +144,8 @@ RULES = {
     'SOLVER.STAGE2.EVAL_PERIOD': _int_at_least(1),
     'TEST.IMS_PER_BATCH': _int_at_least(1),
     'TEST.WEIGHT': _PATH_OR_EMPTY,
-    'TEST.EVAL_MODE': _choice(EVAL_MODES),
+    'TEST.EVAL_MODE': ((lambda v: isinstance(v, str) and bool(_PROTOCOL_PATTERN.fullmatch(v))),
+                       "must be ALL or a protocol name (letters, digits, '_', '+', '-')"),
     'TEST.NECK_FEAT': _choice(('before', 'after')),
     'TEST.FEAT_NORM': _BOOL,
     'TEST.RE_RANKING': _BOOL,
@@ -189,3 +194,30 @@ def _check_cross_key_rules(cfg: CN) -> None:
     from datasets import FACTORY  # imported here: datasets imports utils, not config
     if cfg.DATASETS.NAMES not in FACTORY:
         _fail('DATASETS.NAMES', cfg.DATASETS.NAMES, f"must be one of {', '.join(sorted(FACTORY))}")
+    test_names, test_roots = split_list(cfg.DATASETS.TEST_NAMES), split_list(cfg.DATASETS.TEST_ROOT_DIR)
+    for name in test_names:
+        if name not in FACTORY:
+            _fail('DATASETS.TEST_NAMES', cfg.DATASETS.TEST_NAMES,
+                  f"'{name}' is not a dataset; known: {', '.join(sorted(FACTORY))}")
+    if len(test_roots) != len(test_names):
+        _fail('DATASETS.TEST_ROOT_DIR', cfg.DATASETS.TEST_ROOT_DIR,
+              f'needs one folder per DATASETS.TEST_NAMES entry ({len(test_names)}), got {len(test_roots)}')
+    _check_eval_mode_is_declared(cfg.TEST.EVAL_MODE, test_names or [cfg.DATASETS.NAMES], FACTORY)
+
+
+def split_list(value: str) -> list:
+    """The entries of a comma-separated config value ('' -> [])."""
+    return [entry.strip() for entry in value.split(',')] if value.strip() else []
+
+
+def _check_eval_mode_is_declared(mode: str, names: list, factory: dict) -> None:
+    """A protocol that a test dataset with fixed protocols cannot declare stops the run here; datasets
+    whose protocols come from their files (csv) are checked when they are read."""
+    from utils.vocabulary import ALL_PROTOCOLS
+    if mode == ALL_PROTOCOLS:
+        return
+    for name in names:
+        possible = factory[name].protocol_names
+        if possible is not None and mode not in possible:
+            _fail('TEST.EVAL_MODE', mode,
+                  f"must be one of {', '.join((*possible, ALL_PROTOCOLS))} (the protocols of dataset '{name}')")

@@ -1,12 +1,21 @@
-"""Datasets: MSSL, AG-ReID v1 and Market-1501, by name."""
+"""Datasets by name: MSSL, AG-ReID v1 and v2, CARGO, G2APS-ReID, LAGPeR, Market-1501 and CSV files."""
 from utils.errors import UserError
 
 from .agreid import AGReID
+from .agreid_v2 import AGReIDv2
 from .bases import ImageDataset, ReIDDataset
+from .cargo import CARGO
+from .csv_dataset import CSVDataset
+from .g2aps_reid import G2APSReID
+from .lagper import LAGPeR
 from .market1501 import Market1501
 from .mssl import MSSL
+from .protocols import Protocol
 
-FACTORY: dict[str, type[ReIDDataset]] = {'mssl': MSSL, 'agreid': AGReID, 'market1501': Market1501}
+FACTORY: dict[str, type[ReIDDataset]] = {
+    'mssl': MSSL, 'agreid': AGReID, 'market1501': Market1501, 'agreid_v2': AGReIDv2, 'cargo': CARGO,
+    'g2aps_reid': G2APSReID, 'lagper': LAGPeR, 'csv': CSVDataset,
+}
 
 
 def init_dataset(name: str, root: str) -> ReIDDataset:
@@ -16,4 +25,5 @@ def init_dataset(name: str, root: str) -> ReIDDataset:
     return FACTORY[name](root)
 
 
-__all__ = ['FACTORY', 'init_dataset', 'ReIDDataset', 'ImageDataset', 'MSSL', 'AGReID', 'Market1501']
+__all__ = ['FACTORY', 'init_dataset', 'ReIDDataset', 'ImageDataset', 'Protocol', 'MSSL', 'AGReID', 'AGReIDv2',
+           'CARGO', 'G2APSReID', 'LAGPeR', 'Market1501', 'CSVDataset']

@@ -1,4 +1,4 @@
-"""Dataset base classes: split folders -> item lists, per-view training subsets, eval splits."""
+"""Dataset base classes: split folders -> item lists, per-view training subsets, declared protocols."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +10,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
 from utils.errors import UserError
-from utils.vocabulary import GROUND, MSSL_REMOVAL, SKY, VIEW_IDS, VIEW_NAMES  # noqa: F401 (re-exported)
+from utils.vocabulary import ALL_PROTOCOLS, GROUND, MSSL_REMOVAL, SKY, VIEW_IDS, VIEW_NAMES  # noqa: F401
 
-Item = tuple[str, int, int, int]  # (img_path, pid, camid, viewid)
+from .protocols import Item, Protocol
 
-EVAL_MODES = tuple(MSSL_REMOVAL)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TRAIN_VIEW_FOLDERS = {GROUND: 'bounding_box_train_ground', SKY: 'bounding_box_train_air'}
 
@@ -29,6 +28,14 @@ def list_image_files(folder: str) -> list[str]:
     return [os.path.join(folder, name) for name in sorted(names)]
 
 
+def list_nested_image_files(folder: str) -> list[str]:
+    """Sorted paths of the image files one level below `folder` (one subfolder per identity or camera),
+    as the AG-ReID.v2, CARGO, G2APS-ReID and LAGPeR downloads store them."""
+    with os.scandir(folder) as entries:
+        subfolders = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith('.'))
+    return [path for subfolder in subfolders for path in list_image_files(subfolder)]
+
+
 def check_root(root: str) -> str:
     if not os.path.isdir(root):
         raise UserError(f"DATASETS.ROOT_DIR '{root}' does not exist")
@@ -36,14 +43,16 @@ def check_root(root: str) -> str:
 
 
 class ReIDDataset:
-    """A re-ID dataset: `train`, `query`, `gallery` item lists plus per-mode evaluation splits.
+    """A re-ID dataset: `train`, `query`, `gallery` item lists plus the evaluation protocols it declares.
 
     Subclasses implement `parse_name` and call `_read_split` / `_finish` from their constructor.
     Train pids are relabelled to 0..N-1 in sorted order of the original pid; query/gallery keep theirs.
     """
 
     name: str = 'reid'
-    supported_modes: tuple[str, ...] = ()
+    # Every protocol name the dataset can declare (config validation checks TEST.EVAL_MODE against it);
+    # None when the dataset's files decide (csv).
+    protocol_names: tuple[str, ...] | None = None
     num_train_views: int = 2
 
     train: list[Item]
@@ -60,11 +69,18 @@ class ReIDDataset:
 
     def __init__(self, root: str):
         self.root = check_root(root)
-        self._eval_splits: dict[str, tuple[list[Item], list[Item]]] = {}
+        self.protocols: dict[str, Protocol] = {}
+
+    @property
+    def supported_modes(self) -> tuple[str, ...]:
+        """The names of the protocols this dataset declares, in declaration order."""
+        return tuple(self.protocols)
 
     def _read_split(self, folder: str, required: bool = True,
-                    parse: Callable[[str], tuple[Hashable, int, int]] | None = None) -> list | None:
-        """Items of one split folder with raw pids, junk skipped; None when optional and absent."""
+                    parse: Callable[[str], tuple[Hashable, int, int]] | None = None,
+                    nested: bool = False) -> list | None:
+        """Items of one split folder with raw pids, junk skipped; None when optional and absent.
+        `nested`: the images sit in subfolders of the split folder, not directly in it."""
         path = os.path.join(self.root, folder)
         if not os.path.isdir(path):
             if required:
@@ -72,7 +88,7 @@ class ReIDDataset:
             return None
         parse = parse or self.parse_name
         items = []
-        for img_path in list_image_files(path):
+        for img_path in (list_nested_image_files(path) if nested else list_image_files(path)):
             pid, camid, viewid = parse(os.path.basename(img_path))
             if pid == -1:
                 continue
@@ -82,8 +98,10 @@ class ReIDDataset:
         return items
 
     def _finish(self, train_raw: list, query: list[Item], gallery: list[Item],
-                eval_splits: dict[str, tuple[list[Item], list[Item]]]) -> None:
-        """Relabel train, build train_by_view, check eval splits and set the counts."""
+                protocols: dict[str, Protocol | tuple[list[Item], list[Item]]]) -> None:
+        """Relabel train, build train_by_view, declare the protocols and set the counts.
+
+        A protocol given as a (query, gallery) pair takes its MSSL namesake's removal rule."""
         pid2label = {pid: label for label, pid in enumerate(sorted({item[1] for item in train_raw}))}
         self.train = [(path, pid2label[pid], camid, viewid) for path, pid, camid, viewid in train_raw]
         self.query = query
@@ -92,7 +110,9 @@ class ReIDDataset:
         self.num_train_pids = len(pid2label)
         all_items = self.train + self.query + self.gallery
         self.num_train_cams = max(item[2] for item in all_items) + 1
-        self._eval_splits = eval_splits
+        self.protocols = {name: protocol if isinstance(protocol, Protocol)
+                          else Protocol(*protocol, removal=MSSL_REMOVAL[name])
+                          for name, protocol in protocols.items()}
 
     def _build_train_by_view(self, pid2label: dict) -> dict[int, list[Item]]:
         by_view = {}
@@ -113,7 +133,7 @@ class ReIDDataset:
     def image_paths(self) -> list[str]:
         """Every image path the dataset uses (training, per-view training, query, gallery, eval splits), once."""
         groups = [self.train, self.query, self.gallery, *self.train_by_view.values()]
-        groups += [items for split in self._eval_splits.values() for items in split]
+        groups += [items for protocol in self.protocols.values() for items in (protocol.query, protocol.gallery)]
         return list(dict.fromkeys(item[0] for items in groups for item in items))
 
     def drop_images(self, paths: set[str]) -> None:
@@ -124,20 +144,27 @@ class ReIDDataset:
 
         self.train, self.query, self.gallery = keep(self.train), keep(self.query), keep(self.gallery)
         self.train_by_view = {view: keep(items) for view, items in self.train_by_view.items()}
-        self._eval_splits = {mode: (keep(query), keep(gallery)) for mode, (query, gallery) in self._eval_splits.items()}
+        self.protocols = {name: Protocol(keep(p.query), keep(p.gallery), p.removal)
+                          for name, p in self.protocols.items()}
+
+    def protocol(self, name: str) -> Protocol:
+        """The declared protocol `name`; an unknown name is one error listing the declared ones."""
+        if name not in self.protocols:
+            raise UserError(f"TEST.EVAL_MODE '{name}' is not a protocol of dataset '{self.name}'; "
+                            f"choose one of {', '.join(self.protocols)} or {ALL_PROTOCOLS}")
+        return self.protocols[name]
 
     def eval_split(self, mode: str) -> tuple[list[Item], list[Item]]:
-        """(query items, gallery items) of an evaluation mode: 'S2G', 'G2S' or 'DDC'."""
-        if mode not in EVAL_MODES:
-            raise UserError(f"TEST.EVAL_MODE '{mode}' is unknown; choose one of {', '.join(EVAL_MODES)} (or ALL)")
-        if mode not in self.supported_modes:
-            raise UserError(f"dataset '{self.name}' supports the eval modes {', '.join(self.supported_modes)}, "
-                            f"not '{mode}'")
-        query, gallery = self._eval_splits[mode]
-        if not query or not gallery:
-            which = 'query' if not query else 'gallery'
-            raise UserError(f"dataset '{self.name}' has no {which} images for eval mode {mode}")
-        return list(query), list(gallery)
+        """(query items, gallery items) of the declared protocol `mode`."""
+        protocol = self.protocol(mode)
+        if not protocol.query or not protocol.gallery:
+            which = 'query' if not protocol.query else 'gallery'
+            raise UserError(f"dataset '{self.name}' has no {which} images for protocol {mode}")
+        return list(protocol.query), list(protocol.gallery)
+
+    def removal_rule(self, mode: str) -> str:
+        """Which gallery images protocol `mode` removes for a query (utils/vocabulary.py)."""
+        return self.protocol(mode).removal
 
     def statistics_table(self) -> str:
         """Per split (and per view within it): #ids, #images, #cameras, as a multi-line string."""

@@ -27,7 +27,7 @@ class Market1501(ReIDDataset):
     """Market-1501 under `root`: bounding_box_train, query, bounding_box_test (all cameras ground)."""
 
     name = 'market1501'
-    supported_modes = ('DDC',)
+    protocol_names = ('DDC',)
     parse_name = staticmethod(parse_market_name)
 
     def __init__(self, root: str):

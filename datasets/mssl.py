@@ -5,6 +5,7 @@ import os
 import re
 
 from utils.errors import UserError
+from utils.vocabulary import MSSL_REMOVAL
 
 from .bases import GROUND, SKY, Item, ReIDDataset
 
@@ -50,7 +51,7 @@ class MSSL(ReIDDataset):
     """
 
     name = 'mssl'
-    supported_modes = ('S2G', 'G2S', 'DDC')
+    protocol_names = tuple(MSSL_REMOVAL)
     parse_name = staticmethod(parse_mssl_name)
 
     def __init__(self, root: str):

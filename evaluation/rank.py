@@ -1,11 +1,14 @@
 """Re-ID evaluation (CMC, mAP, mINP) for the sky-ground modes S2G, G2S and DDC.
 
 The metrics depend only on where each query's positives land in its ranked, filtered gallery.
-Instead of sorting every gallery row, the rank of each positive is found by counting the kept
-gallery items that are closer to the query than it (one `searchsorted` of the row into the few
-sorted positive distances, then a histogram). Ranks are those of a stable sort by distance with
-ties broken by gallery index: rows where some kept item ties exactly with a positive are
-re-ranked with a real stable sort.
+Instead of sorting every gallery row, the position of each of the query's same-pid gallery items
+(its candidates) is found by counting the gallery items closer to the query than it: one
+`searchsorted` of the row into the few sorted candidate distances, then a histogram. Positions
+are those of a stable sort by distance with ties broken by gallery index; rows where a
+non-candidate ties exactly with a candidate get a real stable sort. A positive's rank among the
+kept items is then its position minus the removed (junk) candidates before it, so the expensive
+part does not depend on the removal rule, and `evaluate_protocols` shares it (and the distances)
+between protocols that rank the same query against the same gallery.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
-from utils.vocabulary import (MSSL_QUERY_VIEW, MSSL_REMOVAL, REMOVAL_RULES, REMOVE_NOTHING,
-                              SAME_CAMERA)
+from utils.vocabulary import (MSSL_QUERY_VIEW, MSSL_REMOVAL, REMOVAL_RULES, SAME_CAMERA,
+                              SAME_VIEW)
 
 MODES = tuple(MSSL_REMOVAL)
 
@@ -112,69 +115,77 @@ class _GalleryGroups:
         return self.order[flat], valid
 
 
-def _ranks_by_counting(dist: torch.Tensor, cand_idx: torch.Tensor, cand_dist: torch.Tensor,
-                       junk: torch.Tensor, pos_dist: torch.Tensor, pos_idx: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank (0-based, among kept items) of each sorted positive, and rows left to a real sort.
+def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: torch.Tensor,
+                         cand_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position of each same-pid candidate in its row's stable ascending order, found by counting.
 
-    pos_dist: [B, P] kept-positive distances t_k ascending, padded with +inf; pos_idx: their
-    gallery indices. rank_k = #{kept g: d_g < t_k} + #{kept g: d_g == t_k, g < p_k}. Rows where
-    two positives tie with each other are flagged instead (the thresholds below need distinct t_k).
+    cand_dist / cand_idx / cand_valid: [B, M] candidates in stable (distance, gallery index) order,
+    padding last (+inf). position_k = #{g: d_g < c_k} + #{g: d_g == c_k, g < idx_k}. The second
+    term is known from the candidates alone unless some non-candidate item ties exactly with a
+    candidate: then the row's items equal to each candidate are counted, or, where candidates
+    also tie with each other, the row is flagged for a real sort. Independent of the removal rule, so
+    one call serves every protocol that ranks this query.
     """
-    batch, width = pos_dist.shape
-    real = torch.isfinite(pos_dist)
-    # Thresholds s_2k = the float just below t_k, s_2k+1 = t_k (padding: +inf, +inf).
-    below = torch.where(real, torch.nextafter(pos_dist, torch.zeros_like(pos_dist) - float('inf')),
-                        float('inf'))
-    thresholds = torch.stack((below, pos_dist), dim=2).reshape(batch, 2 * width)
-    # bucket[g] = #{m: s_m < d_g}: even 2k when t_(k-1) < d_g < t_k, odd 2k+1 when d_g == t_k.
+    batch, width = cand_dist.shape
+    device = dist.device
+    inf = torch.full_like(cand_dist, float('inf'))
+    previous = torch.cat((torch.full_like(cand_dist[:, :1], -float('inf')), cand_dist[:, :-1]), 1)
+    # below_k: the float just under c_k, raised to c_(k-1) when two candidates tie, so that the
+    # interleaved thresholds (below_0, c_0, below_1, c_1, ...) stay sorted.
+    below = torch.where(cand_valid, torch.maximum(torch.nextafter(cand_dist, -inf), previous), inf)
+    equal = torch.where(cand_valid, cand_dist, inf)
+    thresholds = torch.stack((below, equal), dim=2).reshape(batch, 2 * width)
+    # bucket[g] = #{m: s_m < d_g}; then at_most[m] = #{g: d_g <= s_m}.
     bucket = torch.searchsorted(thresholds, dist, out_int32=True)
     num_bins = 2 * width + 1
-    offset = (torch.arange(batch, device=dist.device, dtype=torch.int32) * num_bins).unsqueeze(1)
+    offset = (torch.arange(batch, device=device, dtype=torch.int32) * num_bins).unsqueeze(1)
     bucket += offset
     hist = torch.bincount(bucket.view(-1), minlength=batch * num_bins)
-    at_most = torch.cumsum(hist.view(batch, num_bins), dim=1)[:, :-1]  # #{g: bucket[g] <= m}
-    less, less_equal = at_most[:, 0::2], at_most[:, 1::2]
+    at_most = torch.cumsum(hist.view(batch, num_bins), dim=1)[:, :-1]
+    slot = torch.arange(width, device=device)
+    starts_group = torch.ones_like(cand_valid)
+    starts_group[:, 1:] = cand_dist[:, 1:] != cand_dist[:, :-1]
+    first = torch.cummax(torch.where(starts_group, slot, 0), dim=1).values  # first of its tie group
+    less = at_most[:, 0::2].gather(1, first)  # #{g: d_g < c_k}
+    less_equal = at_most[:, 1::2]             # #{g: d_g <= c_k}
+    tied_candidates = ((cand_dist.unsqueeze(2) == cand_dist.unsqueeze(1))
+                       & cand_valid.unsqueeze(1)).sum(2)
+    positions = less + (slot - first)
+    other_tie = ((less_equal - less > tied_candidates) & cand_valid).any(1)
+    candidate_tie = ((tied_candidates > 1) & cand_valid).any(1)
+    scan = other_tie & ~candidate_tie
+    if bool(scan.any()):
+        # Only lone candidates tie here, and an item equal to c_k lands in bucket 2k + 1: count
+        # those with a smaller gallery index than the candidate's. About 1 row in 25 at MSSL
+        # scale in float32, too many to sort each.
+        rows = scan.nonzero().squeeze(1)
+        row_bucket = bucket[rows] - offset[rows]
+        equal_to = torch.div(row_bucket, 2, rounding_mode='floor').clamp_(max=width - 1).long()
+        gallery_index = torch.arange(dist.shape[1], device=device)
+        tied_before = (row_bucket % 2 == 1) & (gallery_index < cand_idx[rows].gather(1, equal_to))
+        ties = torch.zeros(len(rows), width, dtype=torch.int64, device=device)
+        positions[rows] += ties.scatter_add_(1, equal_to, tied_before.long())
+    return positions, other_tie & candidate_tie
 
-    junk_d = torch.where(junk, cand_dist, float('inf')).unsqueeze(2)
-    less = less - (junk_d < pos_dist.unsqueeze(1)).sum(1)
-    less_equal = less_equal - (junk_d <= pos_dist.unsqueeze(1)).sum(1)
 
-    positive_tie = ((pos_dist[:, 1:] == pos_dist[:, :-1]) & real[:, 1:]).any(1)
-    other_tie = ((less_equal - less > 1) & real).any(1) & ~positive_tie
-    if bool(other_tie.any()):
-        rows = other_tie.nonzero().squeeze(1)
-        row_bucket = (bucket[rows] - offset[rows]).long()
-        slot = torch.div(row_bucket, 2, rounding_mode='floor').clamp_(max=width - 1)
-        gallery_index = torch.arange(dist.shape[1], device=dist.device)
-        tied_before = (row_bucket % 2 == 1) & (gallery_index < pos_idx[rows].gather(1, slot))
-        ties = torch.zeros(len(rows), width, dtype=torch.int64, device=dist.device)
-        ties.scatter_add_(1, slot, tied_before.long())
-        junk_before = (junk_d[rows] == pos_dist[rows].unsqueeze(1)) \
-            & (cand_idx[rows].unsqueeze(2) < pos_idx[rows].unsqueeze(1))
-        less[rows] += ties - junk_before.sum(1)
-    return less, positive_tie
-
-
-def _ranks_by_sorting(dist: torch.Tensor, junk_idx: torch.Tensor, junk: torch.Tensor,
-                      pos_idx: torch.Tensor, pos_valid: torch.Tensor) -> torch.Tensor:
-    """Exact ranks (0-based, among kept items, ascending) of the positives via a stable sort."""
+def _positions_by_sorting(dist: torch.Tensor, cand_idx: torch.Tensor) -> torch.Tensor:
+    """Exact positions of the candidates in a stable ascending sort of their rows."""
     batch, num_gallery = dist.shape
     order = torch.sort(dist, dim=1, stable=True).indices
     position = torch.empty_like(order)
     position.scatter_(1, order, torch.arange(num_gallery, device=dist.device).expand(batch, -1))
-    junk_count = torch.zeros(dist.shape, dtype=torch.int64, device=dist.device)
-    junk_count.scatter_add_(1, junk_idx, junk.to(torch.int64))
-    kept_before = torch.cumsum((junk_count == 0).gather(1, order).to(torch.int64), dim=1) - 1
-    ranks = kept_before.gather(1, position.gather(1, pos_idx))
-    ranks = torch.where(pos_valid, ranks, torch.iinfo(torch.int64).max)
-    return torch.sort(ranks, dim=1).values
+    return position.gather(1, cand_idx)
 
 
 def query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
-                     g_sq: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries."""
-    return (q_sq.unsqueeze(1) + g_sq.unsqueeze(0)).addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
+                     g_sq: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances |q|^2 + |g|^2 - 2 q.g for a chunk of queries, written into `out`
+    when given (reused across chunks: a fresh matrix per chunk costs its page faults every time)."""
+    if out is None:
+        dist = q_sq.unsqueeze(1) + g_sq.unsqueeze(0)
+    else:
+        dist = torch.add(q_sq.unsqueeze(1), g_sq.unsqueeze(0), out=out[:len(q_chunk)])
+    return dist.addmm_(q_chunk, gallery.T, beta=1, alpha=-2)
 
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode: str,
@@ -192,7 +203,59 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     With `return_per_query`, the result also holds 'per_query_ap' (float64, one per counted query)
     and 'valid_query_index' (int64, the index of each counted query among the given ones).
     """
-    removal = _removal_rule(mode, removal)
+    return evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views,
+                              [(mode, None, removal)], max_rank=max_rank, chunk_size=chunk_size,
+                              device=device, feat_norm=feat_norm, distmat=distmat,
+                              return_per_query=return_per_query)[mode]
+
+
+def _protocol_rows(protocols, num_query: int) -> list:
+    """[(name, rows as an int64 array, removal rule)]; rows None means every query."""
+    checked, names = [], set()
+    for entry in protocols:
+        if len(entry) != 3:
+            raise ValueError(f"a protocol is (name, query rows, removal rule), got {entry!r}")
+        name, rows, removal = entry
+        if name in names:
+            raise ValueError(f"protocol {name!r} is given twice")
+        names.add(name)
+        rule = _removal_rule(name, removal)
+        rows = np.arange(num_query) if rows is None else _to_numpy_1d(rows, f'rows of {name}')
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= num_query):
+            raise ValueError(f"query rows of {name} must lie in [0, {num_query})")
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError(f"query rows of {name} repeat")
+        checked.append((name, rows, rule))
+    if not checked:
+        raise ValueError("no protocol to evaluate")
+    return checked
+
+
+class _ProtocolTotals:
+    """One protocol's running sums over the chunks of queries."""
+
+    def __init__(self, name: str, rows: np.ndarray, removal: str, hist_len: int, device):
+        self.name, self.rows, self.removal = name, rows, removal
+        self.first_hit_hist = torch.zeros(hist_len + 1, dtype=torch.int64, device=device)
+        self.ap_sum = self.inp_sum = 0.0
+        self.num_valid = 0
+        self.per_query_ap, self.valid_index = [], []
+
+
+def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, protocols,
+                       max_rank: int = 50, chunk_size: int = 1024, device=None,
+                       feat_norm: bool = True, distmat=None,
+                       return_per_query: bool = False) -> dict:
+    """Several protocols over one gallery from one pass: {name: the dict `evaluate` returns}.
+
+    `protocols` is a list of (name, query rows, removal rule): the rows (indices into qf, or None
+    for all) are the protocol's queries, the rule as in `evaluate` (None: the MSSL rule of
+    `name`). Each query's distances to the gallery, and the stable positions of its same-pid
+    gallery items, are computed once however many protocols share it (MSSL: S2G and G2S queries
+    are subsets of DDC's); only the cheap per-protocol step (removing junk, scoring) is repeated.
+    'valid_query_index' indexes a protocol's own rows.
+    """
     for name, value in (('max_rank', max_rank), ('chunk_size', chunk_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -200,17 +263,17 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     device = _resolve_device(device, distmat, qf, gf)
 
     num_query, num_gallery = len(q_pids), len(g_pids)
+    protocols = _protocol_rows(protocols, num_query)
+    rules = {rule for _, _, rule in protocols}
     q_pid = _labels(q_pids, 'q_pids', num_query, device)
     g_pid = _labels(g_pids, 'g_pids', num_gallery, device)
-    if removal == SAME_CAMERA:
-        q_attr = _labels(q_camids, 'q_camids', num_query, device)
-        g_attr = _labels(g_camids, 'g_camids', num_gallery, device)
-    elif removal == REMOVE_NOTHING:  # no gallery item shares this attribute with a query
-        q_attr = torch.zeros(num_query, dtype=torch.int64, device=device)
-        g_attr = torch.ones(num_gallery, dtype=torch.int64, device=device)
-    else:
-        q_attr = _labels(q_views, 'q_views', num_query, device)
-        g_attr = _labels(g_views, 'g_views', num_gallery, device)
+    attributes = {}  # removal rule -> (query attribute, gallery attribute) that must differ
+    if SAME_CAMERA in rules:
+        attributes[SAME_CAMERA] = (_labels(q_camids, 'q_camids', num_query, device),
+                                   _labels(g_camids, 'g_camids', num_gallery, device))
+    if SAME_VIEW in rules:
+        attributes[SAME_VIEW] = (_labels(q_views, 'q_views', num_query, device),
+                                 _labels(g_views, 'g_views', num_gallery, device))
 
     if distmat is not None:
         distmat = _float_matrix(distmat, 'distmat', None)  # stays put; chunks move to `device`
@@ -229,76 +292,114 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
                              f"{query.shape[1]} vs {gallery.shape[1]}")
         if query.dtype != gallery.dtype:
             query, gallery = query.double(), gallery.double()
-        q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
-        _check_finite(q_sq, 'qf')
-        _check_finite(g_sq, 'gf')
+        _check_finite(query.sum(1), 'qf')
+        _check_finite(gallery.sum(1), 'gf')
         if feat_norm:
             query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-            q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
+        q_sq, g_sq = (query * query).sum(1), (gallery * gallery).sum(1)
+        dist_buffer = torch.empty(min(chunk_size, num_query), num_gallery, dtype=query.dtype, device=device)
+
+    # Every query some protocol uses, once; each protocol's rows as positions in that union.
+    union = np.unique(np.concatenate([rows for _, rows, _ in protocols]))
+    union_t = torch.from_numpy(union).to(device)
+    hist_len = max(max_rank, 10)
+    totals = [_ProtocolTotals(name, rows, rule, hist_len, device) for name, rows, rule in protocols]
+    member = []  # per protocol: position of each union query in the protocol's rows, or -1
+    for total in totals:
+        where = np.full(len(union), -1, dtype=np.int64)
+        where[np.searchsorted(union, total.rows)] = np.arange(len(total.rows))
+        member.append(torch.from_numpy(where).to(device))
 
     groups = _GalleryGroups(g_pid)
-    hist_len = max(max_rank, 10)
-    first_hit_hist = torch.zeros(hist_len + 1, dtype=torch.int64, device=device)
-    ap_sum = inp_sum = 0.0
-    num_valid = 0
-    per_query_ap, valid_index = [], []
-    for start in range(0, num_query, chunk_size):
-        stop = min(start + chunk_size, num_query)
+    for start in range(0, len(union), chunk_size):
+        rows = union_t[start:start + chunk_size]
         if distmat is None:
-            dist = query_distances(query[start:stop], q_sq[start:stop], gallery, g_sq)
+            dist = query_distances(query[rows], q_sq[rows], gallery, g_sq, dist_buffer)
         else:
-            dist = distmat[start:stop].to(device)
+            dist = distmat[rows.to(distmat.device)].to(device)
 
-        cand_idx, cand_valid = groups.candidates(q_pid[start:stop])
-        cand_dist = dist.gather(1, cand_idx)
-        junk = cand_valid & (g_attr[cand_idx] == q_attr[start:stop].unsqueeze(1))
-        positive = cand_valid & ~junk
-        num_pos = positive.sum(1)
-        width = int(num_pos.max()) if num_pos.numel() else 0
-        if width == 0:
+        cand_idx, cand_valid = groups.candidates(q_pid[rows])
+        if cand_idx.shape[1] == 0:
             continue
-        pos_dist, pos_slot = torch.sort(torch.where(positive, cand_dist, float('inf')), dim=1)
-        pos_dist, pos_slot = pos_dist[:, :width].contiguous(), pos_slot[:, :width]
-        pos_idx = cand_idx.gather(1, pos_slot)
-
-        ranks, needs_sort = _ranks_by_counting(dist, cand_idx, cand_dist, junk, pos_dist, pos_idx)
+        cand_dist, order = torch.sort(torch.where(cand_valid, dist.gather(1, cand_idx), float('inf')),
+                                      dim=1, stable=True)
+        cand_idx, cand_valid = cand_idx.gather(1, order), cand_valid.gather(1, order)
+        positions, needs_sort = _candidate_positions(dist, cand_dist, cand_idx, cand_valid)
         if bool(needs_sort.any()):
-            rows = needs_sort.nonzero().squeeze(1)
-            ranks[rows] = _ranks_by_sorting(dist[rows], cand_idx[rows], junk[rows], pos_idx[rows],
-                                            positive[rows].gather(1, pos_slot[rows]))
+            sorted_rows = needs_sort.nonzero().squeeze(1)
+            positions[sorted_rows] = _positions_by_sorting(dist[sorted_rows], cand_idx[sorted_rows])
 
-        valid = num_pos > 0
-        ranks, count = ranks[valid].double(), num_pos[valid]
-        slot = torch.arange(1, width + 1, device=device, dtype=torch.float64)
-        is_pos = slot.unsqueeze(0) <= count.unsqueeze(1)
-        ap = torch.where(is_pos, slot / (ranks + 1), 0.0).sum(1) / count
-        last = ranks.gather(1, (count - 1).unsqueeze(1)).squeeze(1)
-        inp = count / (last + 1)
-        first = ranks[:, 0].clamp(max=hist_len).long()
-        first_hit_hist += torch.bincount(first, minlength=hist_len + 1)
-        ap_sum += float(ap.sum())
-        inp_sum += float(inp.sum())
-        num_valid += int(valid.sum())
-        if return_per_query:
-            per_query_ap.append(ap.cpu().numpy())
-            valid_index.append(valid.nonzero().squeeze(1).cpu().numpy() + start)
+        for total, where in zip(totals, member):
+            index = where[start:start + chunk_size]
+            local = (index >= 0).nonzero().squeeze(1)
+            if local.numel():
+                _score_chunk(total, index[local], rows[local], positions[local], cand_idx[local],
+                             cand_valid[local], attributes.get(total.removal), return_per_query)
 
-    if num_valid == 0:
-        raise UserError(f"no query of mode {mode} has a positive in the gallery")
-    hits = torch.cumsum(first_hit_hist[:hist_len], 0).cpu().numpy().astype(np.float64) / num_valid
+    results = {}
+    for total in totals:
+        results[total.name] = _summary(total, num_gallery, max_rank, return_per_query)
+    return results
+
+
+def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor,
+                 positions: torch.Tensor, cand_idx: torch.Tensor, cand_valid: torch.Tensor,
+                 attribute, return_per_query: bool) -> None:
+    """Add the AP, INP and first hit of some queries of one protocol to its totals.
+
+    positions: stable positions of the candidates in the full row, ascending along each row; a
+    positive's rank among the kept items is its position minus the junk candidates before it.
+    """
+    if attribute is None:  # removal 'none': no junk
+        junk = torch.zeros_like(cand_valid)
+    else:
+        q_attr, g_attr = attribute
+        junk = cand_valid & (g_attr[cand_idx] == q_attr[rows].unsqueeze(1))
+    positive = cand_valid & ~junk
+    num_pos = positive.sum(1)
+    valid = num_pos > 0
+    if not bool(valid.any()):
+        return
+    junk_before = torch.cumsum(junk, 1) - junk.long()
+    ranks = (positions - junk_before)[valid].double()
+    positive, count = positive[valid], num_pos[valid]
+    ordinal = torch.cumsum(positive, 1).double()  # 1-based index among the positives
+    ap = torch.where(positive, ordinal / (ranks + 1), 0.0).sum(1) / count
+    first = torch.where(positive, ranks, float('inf')).min(1).values
+    last = torch.where(positive, ranks, -1.0).max(1).values
+    inp = count / (last + 1)
+    hist_len = len(total.first_hit_hist) - 1
+    total.first_hit_hist += torch.bincount(first.clamp(max=hist_len).long(), minlength=hist_len + 1)
+    total.ap_sum += float(ap.sum())
+    total.inp_sum += float(inp.sum())
+    total.num_valid += int(valid.sum())
+    if return_per_query:
+        total.per_query_ap.append(ap.cpu().numpy())
+        total.valid_index.append(index[valid].cpu().numpy())
+
+
+def _summary(total: _ProtocolTotals, num_gallery: int, max_rank: int, return_per_query: bool) -> dict:
+    if total.num_valid == 0:
+        raise UserError(f"no query of mode {total.name} has a positive in the gallery")
+    hist_len = len(total.first_hit_hist) - 1
+    hits = (torch.cumsum(total.first_hit_hist[:hist_len], 0).cpu().numpy().astype(np.float64)
+            / total.num_valid)
     result = {
-        'mode': mode,
-        'mAP': ap_sum / num_valid,
-        'mINP': inp_sum / num_valid,
+        'mode': total.name,
+        'mAP': total.ap_sum / total.num_valid,
+        'mINP': total.inp_sum / total.num_valid,
         'cmc': hits[:max_rank].copy(),
         'rank1': float(hits[0]),
         'rank5': float(hits[4]),
         'rank10': float(hits[9]),
-        'num_query': num_query,
-        'num_valid_query': num_valid,
+        'num_query': len(total.rows),
+        'num_valid_query': total.num_valid,
         'num_gallery': num_gallery,
     }
     if return_per_query:
-        result['per_query_ap'] = np.concatenate(per_query_ap).astype(np.float64)
-        result['valid_query_index'] = np.concatenate(valid_index).astype(np.int64)
+        # Chunks follow the union's order; a protocol's own rows may be in any order.
+        ap = np.concatenate(total.per_query_ap).astype(np.float64)
+        index = np.concatenate(total.valid_index).astype(np.int64)
+        order = np.argsort(index, kind='stable')
+        result['per_query_ap'], result['valid_query_index'] = ap[order], index[order]
     return result

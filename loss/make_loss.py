@@ -4,7 +4,9 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-from datasets.bases import VIEW_IDS
+from loss.softmax_loss import CrossEntropyLabelSmooth
+from loss.triplet_loss import TripletLoss
+from utils.vocabulary import VIEW_IDS
 
 
 def stage2_loss(cls_scores: Sequence[torch.Tensor], feats: Sequence[torch.Tensor], targets: torch.Tensor,
@@ -61,3 +63,35 @@ def msp_stage2_loss(out: Dict[str, object], targets: torch.Tensor, view_ids: tor
         parts[f'i2t_{k}'] = term
         total = total + weight * term
     return total, parts
+
+
+class Stage2Criterion(nn.Module):
+    """The stage-2 objective as a module: ``criterion(out, pids, view_ids) -> (total, parts)``.
+
+    ID (label-smoothed CE of both classifiers) x ``id_weight`` + batch-hard triplet on the three
+    features x ``triplet_weight`` + for each image-to-text term (text features [C, E], image view,
+    weight) weight x CE of that view's projected image features against the text features. Parts
+    (unweighted): 'id', 'triplet', 'i2t_<k>'. The text features are buffers, so `.to(device)` moves them.
+    """
+
+    def __init__(self, num_classes: int, id_weight: float, triplet_weight: float, margin: float,
+                 label_smoothing: float, i2t_terms: Sequence[Tuple[torch.Tensor, str, float]] = ()):
+        super().__init__()
+        self.id_loss = CrossEntropyLabelSmooth(num_classes, epsilon=label_smoothing)
+        self.triplet = TripletLoss(margin=margin)
+        self.id_weight = id_weight
+        self.triplet_weight = triplet_weight
+        self.term_views, self.term_weights = [], []
+        for k, (text_features, image_view, weight) in enumerate(i2t_terms):
+            self.register_buffer(f'text_features_{k}', text_features.detach().float().clone())
+            self.term_views.append(image_view)
+            self.term_weights.append(float(weight))
+
+    def terms(self) -> list:
+        return [(getattr(self, f'text_features_{k}'), view, weight)
+                for k, (view, weight) in enumerate(zip(self.term_views, self.term_weights))]
+
+    def forward(self, out: Dict[str, object], targets: torch.Tensor,
+                view_ids: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        return msp_stage2_loss(out, targets, view_ids, self.terms(), self.id_loss, self.triplet,
+                               self.id_weight, self.triplet_weight)

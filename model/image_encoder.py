@@ -126,7 +126,14 @@ class ReIDImageEncoder(nn.Module):
             if sie_weights is not None:
                 side = self.sie_coe * (sie_weights.to(self.sie_embed.dtype) @ self.sie_embed)
             else:
-                side = self.sie_coe * self.sie_embed[self.sie_index(cam_label, view_label)]
+                index = self.sie_index(cam_label, view_label)
+                # A camera the table never saw (id -1, or beyond the training cameras: another dataset's)
+                # gets no side information rather than another camera's row.
+                known = (index >= 0) & (index < self.sie_embed.shape[0])
+                if self.sie_camera:
+                    known &= (cam_label >= 0) & (cam_label < self.camera_num)
+                side = self.sie_coe * self.sie_embed[torch.where(known, index, 0)]
+                side = torch.where(known.unsqueeze(1), side, torch.zeros_like(side))
             x = torch.cat([x[:, :1] + side.unsqueeze(1).to(x.dtype), x[:, 1:]], dim=1)
         return x
 

@@ -7,20 +7,25 @@ import torch
 
 from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
-from utils.errors import UserError
-from evaluation.rank import evaluate
+from evaluation.rank import evaluate, evaluate_protocols
 from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
-from utils.vocabulary import MSSL_REMOVAL, features_file, results_file
+from utils.vocabulary import ALL_PROTOCOLS, features_file, results_file
+
+UNSEEN_CAMERA = -1
 
 
 @torch.no_grad()
-def extract_features(model, loader, device: torch.device, amp_dtype=None) -> torch.Tensor:
-    """Test features of every image of an ordered loader, as float32 on `device`."""
+def extract_features(model, loader, device: torch.device, amp_dtype=None, unseen_cameras: bool = False) -> torch.Tensor:
+    """Test features of every image of an ordered loader, as float32 on `device`. `unseen_cameras`: the
+    images come from cameras the model never trained on (another dataset), so they get camera id -1,
+    which the image encoder's SIE table treats as unknown (model/image_encoder.py)."""
     model.eval()
     chunks = []
     for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
+        if unseen_cameras:
+            camids = torch.full_like(camids, UNSEEN_CAMERA)
         with autocast(device, amp_dtype):
             feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
                           view_label=viewids.to(device))
@@ -29,12 +34,11 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None) -> tor
 
 
 def eval_modes(cfg, dataset) -> list:
-    """The modes TEST.EVAL_MODE asks for, checked against what the dataset supports."""
-    if cfg.TEST.EVAL_MODE == 'ALL':
+    """The protocols TEST.EVAL_MODE asks for: all the dataset declares (ALL) or the one named, which
+    must be declared (the error lists the declared ones)."""
+    if cfg.TEST.EVAL_MODE == ALL_PROTOCOLS:
         return list(dataset.supported_modes)
-    if cfg.TEST.EVAL_MODE not in dataset.supported_modes:
-        raise UserError(f"TEST.EVAL_MODE = '{cfg.TEST.EVAL_MODE}' is not defined for dataset "
-                        f"'{dataset.name}' (it supports {', '.join(dataset.supported_modes)})")
+    dataset.protocol(cfg.TEST.EVAL_MODE)
     return [cfg.TEST.EVAL_MODE]
 
 
@@ -44,8 +48,10 @@ def _columns(items: list) -> dict:
                 camids=np.array(camids, dtype=np.int64), views=np.array(views, dtype=np.int64))
 
 
-def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=None) -> dict:
-    """Extract the union of every mode's query and gallery images once; rank and score each mode.
+def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=None,
+                   unseen_cameras: bool = False) -> dict:
+    """Extract the union of every mode's query and gallery images once; rank and score each mode with
+    the removal rule its dataset declares (`unseen_cameras`: see extract_features).
 
     Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf', 'per_query_ap',
     'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the ranked lists).
@@ -60,31 +66,55 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             index_of.setdefault(item[0], (len(index_of), item))
     items = [item for _, item in index_of.values()]  # dicts keep insertion order = index order
     feats = extract_features(model, make_ordered_loader(cfg, distributed.local_shard(items), device), device,
-                             amp_dtype)
+                             amp_dtype, unseen_cameras)
     feats = distributed.gather_shards(feats, len(items))
     if not distributed.is_main():
         return distributed.broadcast_object(None)
 
+    def rows_of(split_items):
+        return torch.tensor([index_of[path][0] for path, *_ in split_items], device=feats.device)
+
+    metrics_of = {}
+    if cfg.TEST.RE_RANKING:
+        # k-reciprocal neighbours depend on every query present, so each mode is re-ranked alone.
+        distmats = {}
+        for mode, (query, gallery) in splits.items():
+            qf, gf = feats[rows_of(query)], feats[rows_of(gallery)]
+            norm = (lambda x: torch.nn.functional.normalize(x, dim=1)) if cfg.TEST.FEAT_NORM else (lambda x: x)
+            distmats[mode] = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
+                                        lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
+            q, g = _columns(query), _columns(gallery)
+            metrics_of[mode] = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
+                                        g['views'], mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
+                                        distmat=distmats[mode], return_per_query=True,
+                                        removal=dataset.removal_rule(mode))
+    else:
+        # Modes that share a gallery are ranked together: distances computed once (MSSL: all three).
+        by_gallery = {}
+        for mode, (query, gallery) in splits.items():
+            by_gallery.setdefault(tuple(path for path, *_ in gallery), []).append(mode)
+        for modes_here in by_gallery.values():
+            gallery = splits[modes_here[0]][1]
+            union = list({item[0]: item for mode in modes_here for item in splits[mode][0]}.values())
+            position = {item[0]: row for row, item in enumerate(union)}
+            protocols = [(mode, np.array([position[path] for path, *_ in splits[mode][0]]),
+                          dataset.removal_rule(mode)) for mode in modes_here]
+            q, g = _columns(union), _columns(gallery)
+            metrics_of.update(evaluate_protocols(
+                feats[rows_of(union)], feats[rows_of(gallery)], q['pids'], g['pids'], q['camids'], g['camids'],
+                q['views'], g['views'], protocols, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
+                return_per_query=True))
+
     outcome = {}
     for mode, (query, gallery) in splits.items():
-        q_idx = torch.tensor([index_of[p][0] for p, *_ in query], device=feats.device)
-        g_idx = torch.tensor([index_of[p][0] for p, *_ in gallery], device=feats.device)
-        qf, gf = feats[q_idx], feats[g_idx]
-        q, g = _columns(query), _columns(gallery)
-        distmat = None
-        if cfg.TEST.RE_RANKING:
-            norm = (lambda x: torch.nn.functional.normalize(x, dim=1)) if cfg.TEST.FEAT_NORM else (lambda x: x)
-            distmat = re_ranking(norm(qf), norm(gf), k1=cfg.TEST.RE_RANKING_K1, k2=cfg.TEST.RE_RANKING_K2,
-                                 lambda_value=cfg.TEST.RE_RANKING_LAMBDA)
-        metrics = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'], g['views'],
-                           mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device, distmat=distmat,
-                           return_per_query=True)
+        metrics = metrics_of[mode]
         logger.info(format_metrics(metrics))
-        outcome[mode] = dict(metrics=metrics, query=q, gallery=g, qf=qf, gf=gf, removal=MSSL_REMOVAL[mode],
+        outcome[mode] = dict(metrics=metrics, query=_columns(query), gallery=_columns(gallery),
+                             qf=feats[rows_of(query)], gf=feats[rows_of(gallery)], removal=dataset.removal_rule(mode),
                              per_query_ap=metrics.pop('per_query_ap'),
                              valid_query_index=metrics.pop('valid_query_index'))
-        if distmat is not None and cfg.TEST.VISUALIZE:
-            outcome[mode]['distmat'] = distmat
+        if cfg.TEST.RE_RANKING and cfg.TEST.VISUALIZE:
+            outcome[mode]['distmat'] = distmats[mode]
     distributed.broadcast_object({mode: {'metrics': result['metrics']} for mode, result in outcome.items()})
     return outcome
 

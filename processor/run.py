@@ -6,6 +6,7 @@ import tempfile
 from config import load_config
 from datasets import init_dataset
 from datasets.image_check import skip_unreadable_images
+from processor.test_sets import build_test_sets
 from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
@@ -33,7 +34,7 @@ def prepare_output_dir(path: str) -> None:
 
 
 class Run:
-    """A configured run: cfg, logger, device, autocast dtype and dataset."""
+    """A configured run: cfg, logger, device, autocast dtype, training dataset and test sets."""
 
     def __init__(self, argv, description: str, log_file: str, logger_name: str):
         args = parse_args(description, argv)
@@ -57,3 +58,4 @@ class Run:
             skip_unreadable_images(self.dataset, cfg.DATALOADER.NUM_WORKERS, self.logger)
         self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
                          + self.dataset.statistics_table())
+        self.test_sets = build_test_sets(cfg, self.dataset, self.logger)

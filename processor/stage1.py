@@ -15,14 +15,14 @@ import os
 
 import torch
 
-from datasets.bases import VIEW_IDS
+from utils.vocabulary import VIEW_IDS
 from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
 from solver.scheduler import begin_epoch, current_lr, make_stage1_scheduler
 from utils import atomic_io, distributed
 from utils.device import autocast
-from reporting.metrics_log import append_record
+from reporting.metrics_log import report
 from utils.progress import progress
 
 CACHE_NAME = 'stage1_text_features.pt'
@@ -127,7 +127,7 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
     for epoch in epochs:
         begin_epoch(scheduler, epoch)
         order = torch.randperm(len(items), generator=generator).to(device)
-        total, steps = 0.0, 0
+        total, steps = torch.zeros((), device=device, dtype=torch.float64), 0  # read once per epoch
         for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
             target = labels[batch]
             with autocast(device, amp_dtype):  # each rank encodes its share of the batch's prompts
@@ -140,16 +140,14 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
             distributed.all_reduce_grads(learner.parameters())
             optimizer.step()
             distributed.check_replicas(learner.parameters(), f'stage 1 [{view}] epoch {epoch} step {step}')
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + loss.detach(), steps + 1
             if step % solver.LOG_PERIOD == 0:
-                logger.info(f"Stage 1 [{view}] epoch {epoch} iter {step}: loss {loss.item():.4f}")
-                append_record(cfg.OUTPUT_DIR, 'stage1_iter', view=view, epoch=epoch, iter=step, loss=loss.item())
-        epoch_losses.append(total / steps)
-        lr = current_lr(optimizer)
-        logger.info(f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}: loss {total / steps:.4f}, lr {lr:.2e}")
-        append_record(cfg.OUTPUT_DIR, 'stage1_epoch', view=view, epoch=epoch, epochs=solver.MAX_EPOCHS,
-                      loss=total / steps, lr=lr)
-        epochs.set_postfix(loss=f'{total / steps:.4f}', lr=f'{lr:.2e}')
+                report(logger, cfg.OUTPUT_DIR, 'stage1_iter', f"Stage 1 [{view}] epoch {epoch} iter {step}",
+                       view=view, epoch=epoch, iter=step, loss=float(loss))
+        epoch_losses.append(float(total) / steps)
+        report(logger, cfg.OUTPUT_DIR, 'stage1_epoch', f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}",
+               bar=epochs, view=view, epoch=epoch, epochs=solver.MAX_EPOCHS, loss=epoch_losses[-1],
+               lr=current_lr(optimizer))
     learner.eval()
     return _all_text_features(model, view, num_classes, solver.IMS_PER_BATCH, device).cpu(), epoch_losses
 

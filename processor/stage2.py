@@ -1,27 +1,29 @@
 """Stage 2: re-ID fine-tuning of the image tower against the cached per-view text features.
 
-Loss = ID_LOSS_WEIGHT * (label-smoothed CE of both classifiers)
+Loss (loss/make_loss.py, Stage2Criterion) = ID_LOSS_WEIGHT * (label-smoothed CE of both classifiers)
      + TRIPLET_LOSS_WEIGHT * (batch-hard triplet on the penultimate, last and projected features)
      + sum_i I2T_LOSS_WEIGHTS[i] * CE(images of I2T_IMAGE_VIEWS[i] vs text features of I2T_TEXT_VIEWS[i]).
+
+`train_step` is the one training step (the trainer and tools/bench_train_step.py call it). It leaves
+its numbers on the device: the host reads them, and checks that the loss stayed finite, only every
+LOG_PERIOD iterations and at the end of each epoch, so a GPU is never made to wait once per step.
 """
-import datetime
-import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
-from loss.make_loss import msp_stage2_loss
+from loss.make_loss import Stage2Criterion
 from model.checkpoint_meta import describe_model
-from loss.softmax_loss import CrossEntropyLabelSmooth
-from loss.triplet_loss import TripletLoss
+from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
 from utils import atomic_io, checkpoint, distributed
 from utils.device import autocast
 from utils.errors import UserError
-from reporting.metrics_log import append_record, log_evaluation
 from utils.progress import progress
+from utils.vocabulary import checkpoint_file
 
 
 def i2t_terms(cfg, text_features: dict, device) -> list:
@@ -32,7 +34,7 @@ def i2t_terms(cfg, text_features: dict, device) -> list:
 
 
 def checkpoint_path(cfg, epoch: int) -> str:
-    return os.path.join(cfg.OUTPUT_DIR, f'{cfg.MODEL.NAME}_{epoch}.pth')
+    return os.path.join(cfg.OUTPUT_DIR, checkpoint_file(cfg.MODEL.NAME, epoch))
 
 
 def save_checkpoint(cfg, model, epoch: int) -> str:
@@ -42,6 +44,66 @@ def save_checkpoint(cfg, model, epoch: int) -> str:
                               'meta': describe_model(cfg, model)}, path)
         checkpoint.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
+
+
+def build_criterion(cfg, num_classes: int, text_features: dict) -> Stage2Criterion:
+    return Stage2Criterion(num_classes, id_weight=cfg.MODEL.ID_LOSS_WEIGHT, triplet_weight=cfg.MODEL.TRIPLET_LOSS_WEIGHT,
+                           margin=cfg.SOLVER.STAGE2.MARGIN,
+                           label_smoothing=0.1 if cfg.MODEL.IF_LABELSMOOTH == 'on' else 0.0,
+                           i2t_terms=i2t_terms(cfg, text_features, 'cpu'))
+
+
+@dataclass
+class StepResult:
+    """One step's numbers, still on the device (reading them would wait for the step to finish)."""
+    loss: torch.Tensor
+    parts: dict
+    correct: torch.Tensor  # images whose first classifier's top class is their identity
+    images: int
+
+
+def train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype=None) -> StepResult:
+    """Forward, the stage-2 loss, backward and the optimizer step on one batch (already on the device)."""
+    with autocast(images.device, amp_dtype):
+        out = net(images, cam_label=camids, view_label=viewids)
+    loss, parts = criterion(out, pids, viewids)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    correct = (out['cls_scores'][0].argmax(dim=1) == pids).sum()
+    return StepResult(loss.detach(), {name: part.detach() for name, part in parts.items()}, correct.detach(),
+                      len(pids))
+
+
+class EpochTotals:
+    """Running sums of an epoch on the device, and the first iteration whose loss was not finite."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+        self.images = self.steps = 0
+
+    def add(self, result: StepResult, step: int) -> None:
+        bad = ~torch.isfinite(result.loss)
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), step, self.first_bad_step)
+        self.loss += result.loss.double()
+        self.correct += result.correct
+        self.images += result.images
+        self.steps += 1
+
+    def check_finite(self, epoch: int, where_to_resume: str) -> None:
+        """Stop every process, naming the epoch and iteration, when any process saw a non-finite loss."""
+        first_bad = int(self.first_bad_step)
+        any_bad, = distributed.mean_across_ranks(float(first_bad >= 0))
+        if any_bad > 0:
+            at = f"iteration {first_bad}" if first_bad >= 0 else "an iteration of another process"
+            raise UserError(f"stage 2 loss became non-finite (NaN or Inf) at epoch {epoch} {at}; {where_to_resume} "
+                            f"(try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
+
+    def means(self) -> tuple:
+        return float(self.loss) / max(self.steps, 1), int(self.correct) / max(self.images, 1)
 
 
 def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int, device, logger,
@@ -55,10 +117,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
     for module in (getattr(model, 'text_encoder', None), getattr(model, 'prompt_learners', None)):
         if module is not None:
             module.requires_grad_(False)
-    smoothing = 0.1 if cfg.MODEL.IF_LABELSMOOTH == 'on' else 0.0
-    id_loss = CrossEntropyLabelSmooth(num_classes, epsilon=smoothing)
-    triplet = TripletLoss(margin=solver.MARGIN)
-    terms = i2t_terms(cfg, text_features, device)
+    criterion = build_criterion(cfg, num_classes, text_features).to(device)
     net = distributed.wrap_ddp(model, device)  # training steps go through DDP; `model` is the plain module
     if cfg.SOLVER.COMPILE:
         net = torch.compile(net)
@@ -78,9 +137,15 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         if first_epoch > solver.MAX_EPOCHS:
             logger.info(f"nothing left to train: the resume state is at epoch {first_epoch - 1} and "
                         f"SOLVER.STAGE2.MAX_EPOCHS is {solver.MAX_EPOCHS} (raise it to train on)")
+
+    def where_to_resume() -> str:
+        where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                 else "no weights checkpoint was written yet")
+        return where + (f", and {resumable}" if resumable else '')
+
     bar, run_start, epochs_run = None, time.monotonic(), 0
     logger.info(f"Stage 2: {len(train_loader)} iterations per epoch, {solver.MAX_EPOCHS} epochs, "
-                f"{len(terms)} image-to-text term(s)")
+                f"{len(criterion.term_views)} image-to-text term(s)")
     for epoch in range(first_epoch, solver.MAX_EPOCHS + 1):
         begin_epoch(scheduler, epoch)
         train_loader.sampler.set_epoch(epoch)
@@ -91,48 +156,29 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             bar = progress(initial=(epoch - 1) * len(train_loader), desc='stage 2', unit='it', logger=logger)
         bar.total = bar.n + (solver.MAX_EPOCHS - epoch + 1) * len(train_loader)  # epochs differ in length
         epoch_start = time.monotonic()
-        total_loss, total_acc, steps = 0.0, 0.0, 0
+        totals = EpochTotals(device)
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
-            images, pids = images.to(device, non_blocking=True), pids.to(device)
-            camids, viewids = camids.to(device), viewids.to(device)
-            with autocast(device, amp_dtype):
-                out = net(images, cam_label=camids, view_label=viewids)
-            loss, parts = msp_stage2_loss(out, pids, viewids, terms, id_loss, triplet,
-                                          cfg.MODEL.ID_LOSS_WEIGHT, cfg.MODEL.TRIPLET_LOSS_WEIGHT)
-            step_loss, = distributed.mean_across_ranks(loss.item())  # a non-finite loss on any rank stops all
-            if not math.isfinite(step_loss):
-                where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
-                         else "no weights checkpoint was written yet")
-                where += f", and {resumable}" if resumable else ''
-                raise UserError(f"stage 2 loss became {step_loss} at epoch {epoch} iteration {step}; "
-                                f"{where} (try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
+                                pids.to(device), camids.to(device), viewids.to(device), amp_dtype)
+            totals.add(result, step)
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')
-            acc = (out['cls_scores'][0].argmax(dim=1) == pids).float().mean().item()
-            total_loss, total_acc, steps = total_loss + loss.item(), total_acc + acc, steps + 1
-            bar.set_postfix({'epoch': f'{epoch}/{solver.MAX_EPOCHS}', 'loss': f'{loss.item():.4f}',
-                             'acc': f'{acc:.3f}', 'lr': f'{current_lr(optimizer):.2e}'}, refresh=False)
             bar.update()
             if step % solver.LOG_PERIOD == 0:
-                logger.info(f"Stage 2 epoch {epoch} iter {step}/{len(train_loader)}: loss {loss.item():.4f}, "
-                            f"acc {acc:.3f}, lr {current_lr(optimizer):.2e}")
-                append_record(cfg.OUTPUT_DIR, 'stage2_iter', epoch=epoch, iter=step, iters=len(train_loader),
-                              loss=loss.item(), acc=acc, lr=current_lr(optimizer),
-                              **{f'loss_{name}': part.item() for name, part in parts.items()})
+                totals.check_finite(epoch, where_to_resume())
+                report(logger, cfg.OUTPUT_DIR, 'stage2_iter', f"Stage 2 epoch {epoch} iter {step}/{len(train_loader)}",
+                       bar=bar, epoch=epoch, iter=step, iters=len(train_loader), loss=float(result.loss),
+                       acc=int(result.correct) / result.images, lr=current_lr(optimizer),
+                       **{f'loss_{name}': float(part) for name, part in result.parts.items()})
+        totals.check_finite(epoch, where_to_resume())
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before saving and evaluating
-        record = {'epoch': epoch, 'loss': total_loss / max(steps, 1), 'acc': total_acc / max(steps, 1),
-                  'lr': current_lr(optimizer)}
-        record['loss'], record['acc'] = distributed.mean_across_ranks(record['loss'], record['acc'])
+        record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': None, 'acc': None, 'lr': current_lr(optimizer)}
+        record['loss'], record['acc'] = distributed.mean_across_ranks(*totals.means())
         epochs_run += 1
+        epoch_s = time.monotonic() - epoch_start
         eta = (time.monotonic() - run_start) / epochs_run * (solver.MAX_EPOCHS - epoch)
-        logger.info(f"Stage 2 epoch {epoch}/{solver.MAX_EPOCHS}: loss {record['loss']:.4f}, "
-                    f"acc {record['acc']:.3f}, lr {record['lr']:.2e}, "
-                    f"{time.monotonic() - epoch_start:.1f} s, eta {datetime.timedelta(seconds=round(eta))}")
-        append_record(cfg.OUTPUT_DIR, 'stage2_epoch', **record, epochs=solver.MAX_EPOCHS,
-                      time_s=time.monotonic() - epoch_start, eta_s=eta)
+        report(logger, cfg.OUTPUT_DIR, 'stage2_epoch', f"Stage 2 epoch {epoch}/{solver.MAX_EPOCHS}", bar=bar,
+               **record, time_s=epoch_s, eta_s=eta)
+        record.pop('epochs')
         last_epoch = epoch == solver.MAX_EPOCHS
         if epoch % solver.CHECKPOINT_PERIOD == 0 or last_epoch:
             last_checkpoint = save_checkpoint(cfg, model, epoch)

@@ -13,6 +13,7 @@ each epoch: see `training_history`). Only the main process writes.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -59,6 +60,33 @@ def append_record(output_dir: str, event: str, **fields) -> dict | None:
         handle.write(json.dumps(record, allow_nan=False) + '\n')
         handle.flush()
     return record
+
+
+# Already named by the message of a reported line, so not repeated in it.
+_IN_MESSAGE = ('epoch', 'epochs', 'iter', 'iters', 'view')
+
+
+def _shown(key: str, value) -> str:
+    if key == 'lr':
+        return f'{value:.2e}'
+    if key == 'eta_s':
+        return str(datetime.timedelta(seconds=round(value)))
+    if key.endswith('_s'):
+        return f'{value:.1f} s'
+    if isinstance(value, float):
+        return f'{value:.4f}'
+    return str(value)
+
+
+def report(logger, output_dir: str, event: str, message: str, bar=None, **fields) -> None:
+    """The one way a training number is reported: a log line (`message: key value, ...`), a
+    metrics.jsonl record of `event` with every field, and the progress bar's postfix."""
+    shown = {key: _shown(key, value) for key, value in fields.items()
+             if key not in _IN_MESSAGE and value is not None}
+    logger.info(f"{message}: " + ', '.join(f'{key} {value}' for key, value in shown.items()))
+    append_record(output_dir, event, **fields)
+    if bar is not None:
+        bar.set_postfix(shown, refresh=False)
 
 
 def log_evaluation(output_dir: str, metrics_by_mode: dict, **context) -> None:

@@ -230,9 +230,9 @@ def test_agreid_splits_and_identities(tmp_path):
 
 
 def test_init_dataset(tmp_path):
-    assert set(FACTORY) == {'mssl', 'agreid', 'market1501'}
+    assert set(FACTORY) == {'mssl', 'agreid', 'market1501', 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv'}
     assert isinstance(init_dataset('mssl', basic_mssl(tmp_path)), MSSL)
-    with pytest.raises(UserError, match='agreid, market1501, mssl'):
+    with pytest.raises(UserError, match='agreid, agreid_v2, cargo, csv, g2aps_reid, lagper, market1501, mssl'):
         init_dataset('dukemtmc', str(tmp_path))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.errors import UserError
-from evaluation.rank import MODES, evaluate, mode_query_mask
+from evaluation.rank import MODES, evaluate, evaluate_protocols, mode_query_mask
 from evaluation.rerank import re_ranking
 
 DATA = Path(__file__).parent / 'data'
@@ -163,6 +163,77 @@ def test_mixed_tie_and_untied_rows_and_max_rank():
     assert len(result['cmc']) == 20
     assert result['rank10'] == pytest.approx(expected['cmc'][9], abs=1e-6)
     assert_same(result, expected)
+
+
+# ---------------------------------------------------------------- several protocols at once
+def mssl_protocols(q_views, order=np.arange):
+    """The three MSSL protocols as (name, rows, rule), rows picked by the query view."""
+    rows = {mode: np.flatnonzero(mode_query_mask(mode, q_views)) for mode in MODES}
+    return [(mode, order(rows[mode]) if order is not np.arange else rows[mode], None)
+            for mode in MODES]
+
+
+@pytest.mark.parametrize('integer', [False, True], ids=['float', 'int-ties'])
+def test_protocols_at_once_match_plain_reference_per_protocol(integer):
+    rng = np.random.default_rng(21 + integer)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=70, num_gallery=90, num_ids=10, dim=6, int_range=3 if integer else 0)
+    labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
+    results = evaluate_protocols(qf, gf, *labels, mssl_protocols(q_views), chunk_size=11,
+                                 feat_norm=not integer, return_per_query=True)
+    if integer:
+        distmat = squared_distances(qf.astype(np.float64), gf.astype(np.float64))
+    else:
+        distmat = squared_distances(qf / np.linalg.norm(qf, axis=1, keepdims=True),
+                                    gf / np.linalg.norm(gf, axis=1, keepdims=True))
+    assert list(results) == list(MODES)
+    for mode in MODES:
+        keep = mode_query_mask(mode, q_views)
+        expected = reference_evaluate(distmat[keep], q_pids[keep], g_pids, q_cams[keep], g_cams,
+                                      q_views[keep], g_views, mode)
+        assert_same(results[mode], expected)
+        assert results[mode]['num_query'] == keep.sum()
+        single = evaluate(qf[keep], gf, q_pids[keep], g_pids, q_cams[keep], g_cams, q_views[keep],
+                          g_views, mode, chunk_size=5, feat_norm=not integer, return_per_query=True)
+        np.testing.assert_array_equal(results[mode]['valid_query_index'], single['valid_query_index'])
+        np.testing.assert_allclose(results[mode]['per_query_ap'], single['per_query_ap'], atol=1e-12)
+
+
+def test_protocol_rows_in_any_order_and_removal_rules():
+    rng = np.random.default_rng(4)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=40, num_gallery=60, num_ids=8, dim=5)
+    labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
+    rows = rng.permutation(40)[:25]
+    results = evaluate_protocols(qf, gf, *labels, [('shuffled', rows, 'same_camera'),
+                                                    ('nothing removed', None, 'none')],
+                                 chunk_size=6, return_per_query=True)
+    shuffled = evaluate(qf[rows], gf, q_pids[rows], g_pids, q_cams[rows], g_cams, q_views[rows],
+                        g_views, 'DDC', return_per_query=True)
+    assert_same(results['shuffled'], shuffled, tol=1e-12)
+    np.testing.assert_array_equal(results['shuffled']['valid_query_index'],
+                                  shuffled['valid_query_index'])
+    np.testing.assert_allclose(results['shuffled']['per_query_ap'], shuffled['per_query_ap'],
+                               atol=1e-12)
+    distmat = squared_distances(qf / np.linalg.norm(qf, axis=1, keepdims=True),
+                                gf / np.linalg.norm(gf, axis=1, keepdims=True))
+    no_camera = np.full(40, -1)  # a camera no gallery item has: the reference removes nothing
+    expected = reference_evaluate(distmat, q_pids, g_pids, no_camera, g_cams, q_views, g_views, 'DDC')
+    assert_same(results['nothing removed'], expected)
+    assert results['nothing removed']['mAP'] != pytest.approx(evaluate(qf, gf, *labels, 'DDC')['mAP'])
+
+
+def test_protocol_errors():
+    rng = np.random.default_rng(0)
+    qf, gf, *labels = random_protocol(rng, num_query=10, num_gallery=20, num_ids=5, dim=4)
+    with pytest.raises(ValueError, match='repeat'):
+        evaluate_protocols(qf, gf, *labels, [('DDC', [0, 1, 1], None)])
+    with pytest.raises(ValueError, match='lie in'):
+        evaluate_protocols(qf, gf, *labels, [('DDC', [0, 10], None)])
+    with pytest.raises(ValueError, match='twice'):
+        evaluate_protocols(qf, gf, *labels, [('DDC', None, None), ('DDC', [1], None)])
+    with pytest.raises(UserError, match='unknown removal rule'):
+        evaluate_protocols(qf, gf, *labels, [('mine', None, 'same_pid')])
 
 
 @pytest.mark.parametrize('mode', MODES)

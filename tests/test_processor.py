@@ -92,3 +92,19 @@ def test_image_view_masks_and_published_terms():
     terms = i2t_terms(load_config(), text, torch.device('cpu'))
     assert [(image_view, weight) for _, image_view, weight in terms] == [('all', 1.0), ('ground', 0.1)]
     assert torch.equal(terms[0][0], text['ground']) and torch.equal(terms[1][0], text['sky'])
+
+
+def test_all_modes_ranked_together_equal_each_mode_alone(tiny_mssl, tmp_path):
+    from processor.inference import evaluate_model
+    from evaluation.rank import evaluate
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'TEST.EVAL_MODE', 'ALL')
+    outcome = evaluate_model(cfg, model, dataset, torch.device('cpu'), LOGGER)
+    assert sorted(outcome) == sorted(dataset.supported_modes)
+    for mode, result in outcome.items():
+        q, g = result['query'], result['gallery']
+        alone = evaluate(result['qf'], result['gf'], q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
+                         g['views'], mode, return_per_query=True)
+        for key in ('mAP', 'mINP', 'rank1', 'num_query', 'num_valid_query', 'num_gallery'):
+            assert result['metrics'][key] == alone[key], (mode, key)
+        assert (result['metrics']['cmc'] == alone['cmc']).all()
+        assert (result['valid_query_index'] == alone['valid_query_index']).all()

@@ -25,7 +25,7 @@ import train_clipreid
 from config import load_config
 from datasets import init_dataset
 from model import make_model
-from processor import stage2 as stage2
+from loss import make_loss
 from tests.conftest import tiny_opts
 from utils import atomic_io, checkpoint
 from utils.errors import UserError
@@ -282,7 +282,7 @@ def test_checkpoint_of_another_identity_count_is_tested_without_its_classifiers(
 def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(tiny_mssl, tmp_path, capsys,
                                                                               monkeypatch):
     poisoned = []
-    real_loss, real_save = stage2.msp_stage2_loss, checkpoint.save_resume_state
+    real_loss, real_save = make_loss.msp_stage2_loss, checkpoint.save_resume_state
 
     def loss(*args, **kwargs):
         value, parts = real_loss(*args, **kwargs)
@@ -293,13 +293,13 @@ def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(t
         poisoned.append(True)  # the loss turns NaN right after the first epoch is saved
         return path
 
-    monkeypatch.setattr(stage2, 'msp_stage2_loss', loss)
+    monkeypatch.setattr(make_loss, 'msp_stage2_loss', loss)  # what Stage2Criterion calls
     monkeypatch.setattr(checkpoint, 'save_resume_state', save_then_poison)
     out = tmp_path / 'out'
     line = fails(train_clipreid.main, tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE1.MAX_EPOCHS', '1',
                                                 'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1'), capsys)
     assert line.startswith(
-        f"error: stage 2 loss became nan at epoch 2 iteration 1; the last good checkpoint is {out / MODEL}_1.pth, "
+        f"error: stage 2 loss became non-finite (NaN or Inf) at epoch 2 iteration 1; the last good checkpoint is {out / MODEL}_1.pth, "
         f"and {out / 'resume.pth'} holds the state after epoch 1")
     assert not (out / f'{MODEL}_2.pth').exists()
     assert torch.load(out / 'resume.pth', weights_only=True)['epoch'] == 1
@@ -418,7 +418,7 @@ DRIVER = r'''
 import os, sys, time
 import torch
 import datasets.sampler
-import processor.stage2 as stage2
+import loss.make_loss
 
 def hang(where):
     print('HANGING ' + where, flush=True)
@@ -428,17 +428,17 @@ target = os.environ.get('HANG_AT', '')
 if target.startswith('iter:'):
     epoch, step = (int(v) for v in target.split(':')[1:])
     now = {'epoch': 0, 'step': 0}
-    real_set_epoch, real_loss = datasets.sampler.RandomIdentitySampler.set_epoch, stage2.msp_stage2_loss
+    real_set_epoch, real_loss = datasets.sampler.RandomIdentitySampler.set_epoch, loss.make_loss.msp_stage2_loss
     def set_epoch(self, e):
         now.update(epoch=e, step=0)
         real_set_epoch(self, e)
-    def loss(*args, **kwargs):
+    def counting_loss(*args, **kwargs):
         now['step'] += 1
         if (now['epoch'], now['step']) == (epoch, step):
             hang(target)
         return real_loss(*args, **kwargs)
     datasets.sampler.RandomIdentitySampler.set_epoch = set_epoch
-    stage2.msp_stage2_loss = loss
+    loss.make_loss.msp_stage2_loss = counting_loss
 elif target.startswith('save:'):
     name, nth = target.split(':')[1:]
     real_save, seen = torch.save, []

@@ -12,8 +12,10 @@ seeded weights and batch; the forward features of the first step are compared wi
   +bf16 / +fp16    autocast (SOLVER.AMP)
   +compile         torch.compile of the model (SOLVER.COMPILE)
   +channels_last   model and images in channels-last memory format
-  +fused-adam      Adam with one fused multi-tensor kernel over a few merged parameter groups
-                   (instead of one group per parameter as make_optimizer_stage2 builds them)
+  +per-param-groups  the published optimizer layout: one Adam group per parameter, no fused kernel
+                   (the framework's make_optimizer_stage2 builds two groups with a fused kernel)
+
+Every variant runs the trainer's own step, processor/stage2.py::train_step, with its Stage2Criterion.
 
 Usage: python tools/bench_train_step.py [--model ViT-B-16 --batch 8 --steps 3 --out bench_train_step.json]
 """
@@ -34,33 +36,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (attention_path, describe_machine, machine_info, print_table,  # noqa: E402
                           run_worker, sync, write_report)
 
-from loss.make_loss import msp_stage2_loss  # noqa: E402
-from loss.softmax_loss import CrossEntropyLabelSmooth  # noqa: E402
-from loss.triplet_loss import TripletLoss  # noqa: E402
+from loss.make_loss import Stage2Criterion  # noqa: E402
 from model.clip_loader import build_clip  # noqa: E402
 from model.make_model_clipreid import ReIDModel  # noqa: E402
+from processor.stage2 import train_step  # noqa: E402
 from solver.make_optimizer import make_optimizer_stage2  # noqa: E402
-from utils.device import autocast  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 REFERENCE = 'sdpa fp32'
-CPU_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa fp32 +channels_last', 'sdpa bf16',
-                'sdpa bf16 +fused-adam', 'sdpa bf16 +compile +fused-adam')
-CUDA_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa bf16', 'sdpa bf16 +fused-adam',
-                 'sdpa bf16 +channels_last +fused-adam', 'sdpa bf16 +compile +fused-adam')
+CPU_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32 +per-param-groups', 'sdpa fp32',
+                'sdpa fp32 +channels_last', 'sdpa bf16', 'sdpa bf16 +compile')
+CUDA_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa bf16 +per-param-groups', 'sdpa bf16',
+                 'sdpa bf16 +channels_last', 'sdpa bf16 +compile')
 
 
 def parse_variant(name: str, device: torch.device) -> dict:
     if name == 'published-style':
         return {'attention': 'module', 'precision': 'fp16' if device.type == 'cuda' else 'fp32',
-                'compile': False, 'channels_last': False, 'fused_adam': False}
+                'compile': False, 'channels_last': False, 'per_param_groups': True}
     words = name.split()
     attention, precision, flags = words[0], words[1], set(words[2:])
     if attention not in ('sdpa', 'explicit', 'module') or precision not in DTYPES or \
-            not flags <= {'+compile', '+channels_last', '+fused-adam'}:
+            not flags <= {'+compile', '+channels_last', '+per-param-groups'}:
         raise SystemExit(f"unknown variant '{name}'")
     return {'attention': attention, 'precision': precision, 'compile': '+compile' in flags,
-            'channels_last': '+channels_last' in flags, 'fused_adam': '+fused-adam' in flags}
+            'channels_last': '+channels_last' in flags, 'per_param_groups': '+per-param-groups' in flags}
 
 
 class PeakRss:
@@ -89,13 +89,12 @@ class PeakRss:
             self.peak = max(self.peak, self._rss())
 
 
-def merged_fused_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay_bias):
-    """The same learning rates and decays as make_optimizer_stage2, in two groups, fused kernel."""
-    weights = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' not in n]
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and 'bias' in n]
-    groups = [{'params': weights, 'lr': base_lr, 'weight_decay': weight_decay},
-              {'params': biases, 'lr': base_lr * bias_lr_factor, 'weight_decay': weight_decay_bias}]
-    return torch.optim.Adam(groups, lr=base_lr, fused=True)
+def per_param_group_adam(model, base_lr, weight_decay, bias_lr_factor, weight_decay_bias):
+    """The published optimizer: one Adam group per trainable parameter, the same rates and decays."""
+    groups = [{'params': [p], 'lr': base_lr * bias_lr_factor if 'bias' in n else base_lr,
+               'weight_decay': weight_decay_bias if 'bias' in n else weight_decay}
+              for n, p in model.named_parameters() if p.requires_grad]
+    return torch.optim.Adam(groups, lr=base_lr)
 
 
 def make_step(spec: dict):
@@ -121,8 +120,8 @@ def make_step(spec: dict):
     viewids = (camids % 2).to(device)
 
     base_lr, decay = 5e-6, 1e-4
-    if variant['fused_adam']:
-        optimizer = merged_fused_adam(model, base_lr, decay, 2.0, decay)
+    if variant['per_param_groups']:
+        optimizer = per_param_group_adam(model, base_lr, decay, 2.0, decay)
     else:
         optimizer = make_optimizer_stage2(model.named_parameters(), base_lr, decay)
     if variant['channels_last']:
@@ -131,17 +130,18 @@ def make_step(spec: dict):
     forward = torch.compile(model) if variant['compile'] else model
     dtype = DTYPES[variant['precision']]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    id_loss, triplet = CrossEntropyLabelSmooth(spec['num_classes']), TripletLoss(margin=0.3)
+    criterion = Stage2Criterion(spec['num_classes'], id_weight=1.0, triplet_weight=1.0, margin=0.3,
+                                label_smoothing=0.1, i2t_terms=terms).to(device)
+    captured = {}
+
+    def forward_and_capture(*args, **kwargs):  # the step keeps the model's outputs to itself
+        captured['out'] = forward(*args, **kwargs)
+        return captured['out']
 
     def step():
-        with autocast(device, dtype):
-            out = forward(images, cam_label=camids, view_label=viewids)
-        loss, _ = msp_stage2_loss(out, pids, viewids, terms, id_loss, triplet, 1.0, 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.item(), out['feats'][1].detach().float().cpu()
+        captured.clear()
+        result = train_step(forward_and_capture, criterion, optimizer, scaler, images, pids, camids, viewids, dtype)
+        return result.loss.item(), captured['out']['feats'][1].detach().float().cpu()
 
     return step, variant, device
 
