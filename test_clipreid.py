@@ -7,16 +7,16 @@ import sys
 
 from model import make_model
 from model.checkpoint_meta import config_differences
-from processor.test_sets import evaluate_test_sets
-from utils.checkpoint import load_weights_only
 from processor.run import Run
-from utils.errors import UserError, exit_on_user_error
+from processor.test_sets import evaluate_test_sets
 from reporting.metrics_log import log_evaluation
+from utils.checkpoint import load_checkpoint_file
+from utils.errors import UserError, exit_on_user_error
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
     """(state dict, the checkpoint's model description or None)."""
-    checkpoint = load_weights_only(path, f"TEST.WEIGHT '{path}'")
+    checkpoint = load_checkpoint_file(path, f"TEST.WEIGHT '{path}'")
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"TEST.WEIGHT '{path}' holds no state dict")

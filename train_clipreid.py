@@ -19,7 +19,12 @@ from reporting.visualize import write_training_curves
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    run = Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train')
+    # The run holds OUTPUT_DIR's training lock until it ends, however it ends.
+    with Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train', training=True) as run:
+        return train(run)
+
+
+def train(run: Run) -> dict:
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
     distributed.require_divisible(cfg.SOLVER.STAGE2.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE,
                                   'identities per stage-2 batch (SOLVER.STAGE2.IMS_PER_BATCH // DATALOADER.NUM_INSTANCE)')

@@ -135,6 +135,12 @@ _C.SOLVER.STAGE1.LOG_PERIOD = 50
 # Stage 2: re-ID fine-tuning of the image tower; stepped per epoch.
 _C.SOLVER.STAGE2 = CN()
 _C.SOLVER.STAGE2.IMS_PER_BATCH = 64
+# Gradient accumulation: each batch of IMS_PER_BATCH goes forward and backward in ACCUM_STEPS sub-batches
+# of whole identities (one optimizer step per batch), so the published batch of 64 fits a smaller GPU.
+# ID and image-to-text gradients equal the full batch's; triplet mining and BatchNorm statistics see
+# only a sub-batch (README, "Out of memory"). IMS_PER_BATCH / ACCUM_STEPS must hold at least 2 whole
+# identities of DATALOADER.NUM_INSTANCE images.
+_C.SOLVER.STAGE2.ACCUM_STEPS = 1
 _C.SOLVER.STAGE2.OPTIMIZER_NAME = 'Adam'
 _C.SOLVER.STAGE2.BASE_LR = 0.00001
 # SGD momentum (unused by Adam/AdamW).

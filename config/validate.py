@@ -124,6 +124,7 @@ RULES = {
     'SOLVER.STAGE1.LR_MIN': _NON_NEGATIVE,
     'SOLVER.STAGE1.LOG_PERIOD': _int_at_least(1),
     'SOLVER.STAGE2.IMS_PER_BATCH': _int_at_least(2),
+    'SOLVER.STAGE2.ACCUM_STEPS': _int_at_least(1),
     'SOLVER.STAGE2.OPTIMIZER_NAME': _choice(OPTIMIZERS),
     'SOLVER.STAGE2.BASE_LR': _POSITIVE,
     'SOLVER.STAGE2.MOMENTUM': _number_in(0, 1),
@@ -183,6 +184,10 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if batch % k or batch // k < 2:
         _fail('DATALOADER.NUM_INSTANCE', k, f'must divide SOLVER.STAGE2.IMS_PER_BATCH ({batch}) into '
               'at least 2 identities per batch')
+    accum = cfg.SOLVER.STAGE2.ACCUM_STEPS
+    if batch % accum or (batch // accum) % k or batch // accum // k < 2:
+        _fail('SOLVER.STAGE2.ACCUM_STEPS', accum, f'must split SOLVER.STAGE2.IMS_PER_BATCH ({batch}) into sub-batches '
+              f'of at least 2 whole identities of DATALOADER.NUM_INSTANCE ({k}) images')
     if list(cfg.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
         _fail('INPUT.SIZE_TEST', list(cfg.INPUT.SIZE_TEST), f'must equal INPUT.SIZE_TRAIN '
               f'({list(cfg.INPUT.SIZE_TRAIN)}): the position grid of the image tower is built for that size')

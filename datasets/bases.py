@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from typing import Callable, Hashable
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
@@ -185,13 +188,64 @@ class ReIDDataset:
 
 
 def read_image(path: str) -> Image.Image:
-    """An RGB PIL image; an unreadable file raises UserError naming it."""
+    """The image as 8-bit RGB, or a UserError naming the file and why it cannot be read.
+
+    Whatever the file holds becomes 8-bit RGB: greyscale and palette images are expanded, the alpha of
+    RGBA / LA / PA is dropped and CMYK is converted (all as PIL's convert('RGB'), which the published
+    code uses); 16-bit greyscale (PNG, TIFF) is scaled from its full 0-65535 range, where PIL alone
+    would clip it to white; 16-bit colour PNGs keep their high byte (PIL's own reading). The EXIF
+    orientation is NOT applied: the stored pixels are used, as by the published code, which re-ID crops
+    (written without EXIF by detectors and dataset tools) are made for. A JPEG cut off part-way loads
+    with its missing part grey, as in the published code (PIL's LOAD_TRUNCATED_IMAGES); a file with
+    nothing decodable, a floating-point image or a mode PIL cannot turn into RGB is refused.
+    """
     try:
-        with Image.open(path) as img:
-            return img.convert('RGB')
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        try:
+            return _decode_rgb8(path)
+        except OSError as err:
+            if 'truncated' not in str(err):
+                raise
+        with _truncated_images_allowed():
+            image = _decode_rgb8(path)
+        logger.warning("'%s' is cut off part-way; its decodable part is used, the rest is grey", path)
+        return image
+    except UserError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as err:  # PIL reports damaged files through many exception types
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"cannot read image '{path}': {reason}") from err
+
+
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+_truncation_switch = threading.Lock()
+
+
+@contextmanager
+def _truncated_images_allowed():
+    # PIL has only a module-wide switch; it is on for as short a time as one image's decoding.
+    with _truncation_switch:
+        before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _decode_rgb8(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        if img.mode == 'F':
+            raise UserError(f"cannot read image '{path}': it holds 32-bit floating-point pixels, which have no "
+                            f"standard brightness range; save it as an 8-bit image")
+        if img.mode in _SIXTEEN_BIT_MODES or img.mode == 'I':
+            values = np.asarray(img).astype(np.int64)
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise UserError(f"cannot read image '{path}': it holds 32-bit integer pixels outside the 16-bit "
+                                f"range; save it as an 8-bit image")
+            eight_bit = ((values * 255 + 32767) // 65535).astype(np.uint8)
+            return Image.fromarray(eight_bit, mode='L').convert('RGB')
+        return img.convert('RGB')
 
 
 class ImageDataset(Dataset):

@@ -10,7 +10,6 @@ from urllib.parse import urlparse
 
 import open_clip
 import torch
-from open_clip.model import build_model_from_openai_state_dict
 
 from utils.errors import UserError
 
@@ -117,15 +116,15 @@ def _load_openai_checkpoint(name: str, path: str, config_key: str = 'MODEL.PRETR
     if found != _arch_of_config(open_clip.get_model_config(name)):
         raise UserError(f"{config_key} '{path}' holds a {_describe_arch(found)} checkpoint, "
                         f"but MODEL.NAME is '{name}'")
+    # OpenAI's key names are open_clip's for its CLIP class, and the architecture was checked above: build
+    # MODEL.NAME's architecture in fp32 and copy the weights in (fp16 tensors are cast on copy).
+    model = build_clip(name)
     try:
-        # cast_dtype=None keeps plain LayerNorm, but the builder still loads into fp16 weights: reload in
-        # fp32 so fp32 checkpoints keep their precision.
-        model = build_model_from_openai_state_dict(dict(sd), quick_gelu=True, cast_dtype=None).float()
         model.load_state_dict(sd)
     except RuntimeError as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{config_key} '{path}' does not fit MODEL.NAME '{name}': {first_line}") from None
-    return model
+    return model.eval()
 
 
 class _DropRandomInitWarning(logging.Filter):

@@ -29,7 +29,29 @@ def resize_position_embedding(pos: torch.Tensor, old_grid: Sequence[int], new_gr
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
-class ReIDImageEncoder(nn.Module):
+class ImageEncoder(nn.Module):
+    """What ReIDModel needs of an image tower (a new backbone is one subclass in its own file).
+
+    - `width`: size of the penultimate and last features; `embed_dim`: size of the projected feature
+      (the space of the stage-1 text features);
+    - `camera_num`, `view_num`: the side-information table's sizes (0 without one);
+    - `forward(x, cam_label=None, view_label=None, use_sie=True)` -> (penultimate [B, width],
+      last [B, width], projected [B, embed_dim]); the last and projected features are the test feature,
+      all three go to the triplet loss, and `use_sie=False` leaves the side information out (stage 1).
+    """
+
+    width: int
+    embed_dim: int
+    camera_num: int = 0
+    view_num: int = 0
+
+    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
+                view_label: Optional[torch.Tensor] = None,
+                use_sie: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ReIDImageEncoder(ImageEncoder):
     """Wraps an open_clip VisionTransformer; returns class-token features of the last two blocks."""
 
     def __init__(self, visual: nn.Module, image_size=(256, 128), stride=(16, 16), camera_num: int = 0,
@@ -149,3 +171,16 @@ class ReIDImageEncoder(nn.Module):
             x = run_block(block, x)
         last = self.ln_post(x[:, 0])
         return penultimate[:, 0], last, last @ self.proj
+
+
+# Image encoders by architecture family of the CLIP image tower.
+ENCODER_FAMILIES = {'VisionTransformer': ReIDImageEncoder}
+
+
+def build_image_encoder(visual: nn.Module, **options) -> ImageEncoder:
+    """The re-ID image encoder for a CLIP image tower, chosen by the tower's class."""
+    family = type(visual).__name__
+    if family not in ENCODER_FAMILIES:
+        raise UserError(f"CLIP image towers of type {family} are not supported (CNN backbones such as RN50 are "
+                        f"not); supported: {', '.join(ENCODER_FAMILIES)}")
+    return ENCODER_FAMILIES[family](visual, **options)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from model.clip_loader import build_clip, load_clip
-from model.image_encoder import ReIDImageEncoder
+from model.image_encoder import ImageEncoder, build_image_encoder
 from model.published_format import from_published, is_published_layout, refuse_cnn, strip_data_parallel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
@@ -41,16 +41,20 @@ class ReIDModel(nn.Module):
     def __init__(self, clip_model: nn.Module, num_classes: int, camera_num: int = 0, view_num: int = 0,
                  image_size=(256, 128), stride=(16, 16), sie_camera: bool = False, sie_view: bool = False,
                  sie_coe: float = 3.0, neck_feat: str = 'before', prompt_templates: Optional[Dict[str, str]] = None,
-                 model_name: str = ''):
+                 model_name: str = '', image_encoder: Optional[ImageEncoder] = None):
+        """`image_encoder`: any model.image_encoder.ImageEncoder; by default the one of `clip_model.visual`'s
+        family, built with the size, stride and SIE arguments."""
         super().__init__()
         if neck_feat not in ('before', 'after'):
             raise UserError(f"TEST.NECK_FEAT '{neck_feat}' must be 'before' or 'after'")
         self.model_name = model_name
         self.num_classes = num_classes
         self.neck_feat = neck_feat
-        self.image_encoder = ReIDImageEncoder(clip_model.visual, image_size=image_size, stride=stride,
-                                              camera_num=camera_num, view_num=view_num, sie_coe=sie_coe,
-                                              sie_camera=sie_camera, sie_view=sie_view)
+        if image_encoder is None:
+            image_encoder = build_image_encoder(clip_model.visual, image_size=image_size, stride=stride,
+                                                camera_num=camera_num, view_num=view_num, sie_coe=sie_coe,
+                                                sie_camera=sie_camera, sie_view=sie_view)
+        self.image_encoder = image_encoder
         width, embed_dim = self.image_encoder.width, self.image_encoder.embed_dim
         self.bottleneck = _bnneck(width)
         self.bottleneck_proj = _bnneck(embed_dim)

@@ -8,6 +8,7 @@ import torch
 from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
 from evaluation.rank import evaluate, evaluate_protocols
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
@@ -23,14 +24,15 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None, unseen
     which the image encoder's SIE table treats as unknown (model/image_encoder.py)."""
     model.eval()
     chunks = []
-    for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
-        if unseen_cameras:
-            camids = torch.full_like(camids, UNSEEN_CAMERA)
-        with autocast(device, amp_dtype):
-            feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
-                          view_label=viewids.to(device))
-        chunks.append(feats.float())
-    return torch.cat(chunks)
+    with stop_on_out_of_memory('feature extraction', f'lower TEST.IMS_PER_BATCH ({loader.batch_size})'):
+        for images, _, camids, viewids, _ in progress(loader, desc='extracting features', leave=False, unit='batch'):
+            if unseen_cameras:
+                camids = torch.full_like(camids, UNSEEN_CAMERA)
+            with autocast(device, amp_dtype):
+                feats = model(images.to(device, non_blocking=True), cam_label=camids.to(device),
+                              view_label=viewids.to(device))
+            chunks.append(feats.float())
+        return torch.cat(chunks)
 
 
 def eval_modes(cfg, dataset) -> list:

@@ -10,7 +10,8 @@ from processor.test_sets import build_test_sets
 from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
-from utils.logger import setup_logger
+from utils.logger import FILE_ONLY, setup_logger
+from utils.run_lock import hold_training_lock
 
 
 def parse_args(description: str, argv=None) -> argparse.Namespace:
@@ -36,7 +37,9 @@ def prepare_output_dir(path: str) -> None:
 class Run:
     """A configured run: cfg, logger, device, autocast dtype, training dataset and test sets."""
 
-    def __init__(self, argv, description: str, log_file: str, logger_name: str):
+    def __init__(self, argv, description: str, log_file: str, logger_name: str, training: bool = False):
+        """`training`: hold OUTPUT_DIR's training lock (rank 0) until `close()` / the end of a `with`."""
+        self.lock = None
         args = parse_args(description, argv)
         self.cfg = cfg = load_config(args.config_file, args.opts)
         main_process = distributed.is_main()  # under torchrun only rank 0 writes files and logs
@@ -44,8 +47,19 @@ class Run:
             prepare_output_dir(cfg.OUTPUT_DIR)
         self.logger = distributed.quiet_unless_main(
             setup_logger(logger_name, cfg.OUTPUT_DIR if main_process else '', log_file))
-        self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts)}")
-        self.logger.info('running with config:\n' + cfg.dump())
+        if training and main_process:
+            self.lock = hold_training_lock(cfg.OUTPUT_DIR, self.logger)
+        try:
+            self._prepare(args)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, args) -> None:
+        cfg = self.cfg
+        self.logger.info(f"config file: {args.config_file or '(defaults)'}; overrides: {' '.join(args.opts) or '(none)'}; "
+                         f"output folder: {cfg.OUTPUT_DIR}")
+        self.logger.info('running with config:\n' + cfg.dump(), extra=FILE_ONLY)
         seed_everything(cfg.SOLVER.SEED)
         self.device = distributed.setup(resolve_device(cfg.MODEL.DEVICE))
         self.amp_dtype = autocast_dtype(cfg.SOLVER.AMP, self.device)
@@ -56,6 +70,19 @@ class Run:
         self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
         if cfg.DATALOADER.SKIP_BAD_IMAGES:
             skip_unreadable_images(self.dataset, cfg.DATALOADER.NUM_WORKERS, self.logger)
-        self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}:\n"
-                         + self.dataset.statistics_table())
+        data = self.dataset
+        self.logger.info(f"dataset '{cfg.DATASETS.NAMES}' at {cfg.DATASETS.ROOT_DIR}: train {data.num_train_pids} "
+                         f"identities / {len(data.train)} images, query {len(data.query)}, gallery {len(data.gallery)}")
+        self.logger.info(data.statistics_table(), extra=FILE_ONLY)
         self.test_sets = build_test_sets(cfg, self.dataset, self.logger)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

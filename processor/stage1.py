@@ -7,7 +7,8 @@ view learns its prompt for that view from its images of the other view (document
 every identity has a text feature in every view.
 
 The learned text features are cached in OUTPUT_DIR/stage1_text_features.pt together with a
-fingerprint of everything they depend on; a matching cache is reused, anything else is rebuilt.
+fingerprint of everything they depend on; a matching cache is reused, an out-of-date one is rebuilt,
+and a damaged one stops the run with one line (it is never overwritten unasked).
 """
 import hashlib
 import json
@@ -23,6 +24,8 @@ from solver.scheduler import begin_epoch, current_lr, make_stage1_scheduler
 from utils import atomic_io, distributed
 from utils.device import autocast
 from reporting.metrics_log import report
+from utils.errors import UserError
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 
 CACHE_NAME = 'stage1_text_features.pt'
@@ -79,13 +82,23 @@ def cache_fingerprint(cfg, view: str, items: list) -> str:
 
 
 def load_cache(path: str) -> dict:
+    """The stage-1 cache, {} when there is none. A damaged one stops the run rather than being rebuilt
+    over: it may hold hours of stage 1, and a copy of it elsewhere may be intact."""
     if not os.path.isfile(path):
         return {}
     try:
         cache = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:  # a foreign or damaged file is rebuilt, never trusted
-        return {}
-    return cache if isinstance(cache, dict) else {}
+    except Exception as err:
+        # torch's first line is short for a cut-off archive, and a paragraph for other bytes.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        reason = f"{type(err).__name__}: {reason}" if reason and len(reason) < 120 else 'unreadable bytes'
+        raise UserError(f"stage-1 cache '{path}' is damaged or not a cache ({reason}); "
+                        f"copy an intact one there, or move it away (or delete it) to learn the text features "
+                        f"again") from None
+    if not isinstance(cache, dict):
+        raise UserError(f"stage-1 cache '{path}' holds no cache (a {type(cache).__name__}); move it away (or "
+                        f"delete it) to learn the text features again")
+    return cache
 
 
 @torch.no_grad()
@@ -170,7 +183,10 @@ def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, 
             continue
         if cached is not None:
             logger.info(f"Stage 1 [{view}]: the cached text features are out of date; rebuilding")
-        features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
+        finished = f"the text views learned so far are in {path}" if cache else 'no text view was cached yet'
+        with stop_on_out_of_memory(f'stage 1 [{view}]', 'lower SOLVER.STAGE1.IMS_PER_BATCH (prompt learning) or '
+                                   'TEST.IMS_PER_BATCH (its image features)', lambda: finished):
+            features[view], _ = learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype)
         cache[view] = {'fingerprint': fingerprint, 'text_features': features[view]}
         if distributed.is_main():
             atomic_io.torch_save(cache, path)

@@ -16,12 +16,13 @@ import torch
 
 from loss.make_loss import Stage2Criterion
 from model.checkpoint_meta import describe_model
+from processor.accumulation import accumulated_step, check_sub_batches
 from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
 from utils import atomic_io, checkpoint, distributed
-from utils.device import autocast
 from utils.errors import UserError
+from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 from utils.vocabulary import checkpoint_file
 
@@ -62,18 +63,16 @@ class StepResult:
     images: int
 
 
-def train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype=None) -> StepResult:
-    """Forward, the stage-2 loss, backward and the optimizer step on one batch (already on the device)."""
-    with autocast(images.device, amp_dtype):
-        out = net(images, cam_label=camids, view_label=viewids)
-    loss, parts = criterion(out, pids, viewids)
+def train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype=None,
+               accum_steps: int = 1) -> StepResult:
+    """Forward, the stage-2 loss, backward and the optimizer step on one batch (already on the device),
+    in `accum_steps` sub-batches of whole identities (processor/accumulation.py)."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    loss, parts, correct = accumulated_step(net, criterion, images, pids, camids, viewids, scaler, amp_dtype,
+                                            accum_steps)
     scaler.step(optimizer)
     scaler.update()
-    correct = (out['cls_scores'][0].argmax(dim=1) == pids).sum()
-    return StepResult(loss.detach(), {name: part.detach() for name, part in parts.items()}, correct.detach(),
-                      len(pids))
+    return StepResult(loss, parts, correct, len(pids))
 
 
 class EpochTotals:
@@ -137,8 +136,17 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         if first_epoch > solver.MAX_EPOCHS:
             logger.info(f"nothing left to train: the resume state is at epoch {first_epoch - 1} and "
                         f"SOLVER.STAGE2.MAX_EPOCHS is {solver.MAX_EPOCHS} (raise it to train on)")
+    local_batch = solver.IMS_PER_BATCH // distributed.world_size()
+    not_splittable = check_sub_batches(local_batch, solver.ACCUM_STEPS, cfg.DATALOADER.NUM_INSTANCE)
+    if not_splittable:
+        raise UserError(not_splittable)
+    finer = [n for n in range(solver.ACCUM_STEPS + 1, local_batch + 1)
+             if not check_sub_batches(local_batch, n, cfg.DATALOADER.NUM_INSTANCE)]
+    batch_advice = (f"set SOLVER.STAGE2.ACCUM_STEPS {finer[0]} to train the same batch of SOLVER.STAGE2.IMS_PER_BATCH "
+                    f"{solver.IMS_PER_BATCH} in smaller pieces, or lower SOLVER.STAGE2.IMS_PER_BATCH" if finer
+                    else f"lower SOLVER.STAGE2.IMS_PER_BATCH ({solver.IMS_PER_BATCH})")
 
-    def where_to_resume() -> str:
+    def last_good() -> str:
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
                  else "no weights checkpoint was written yet")
         return where + (f", and {resumable}" if resumable else '')
@@ -158,18 +166,20 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         epoch_start = time.monotonic()
         totals = EpochTotals(device)
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
-            result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
-                                pids.to(device), camids.to(device), viewids.to(device), amp_dtype)
+            with stop_on_out_of_memory(f'stage 2 epoch {epoch} iteration {step}', batch_advice, last_good):
+                result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
+                                    pids.to(device), camids.to(device), viewids.to(device), amp_dtype,
+                                    solver.ACCUM_STEPS)
             totals.add(result, step)
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')
             bar.update()
             if step % solver.LOG_PERIOD == 0:
-                totals.check_finite(epoch, where_to_resume())
+                totals.check_finite(epoch, last_good())
                 report(logger, cfg.OUTPUT_DIR, 'stage2_iter', f"Stage 2 epoch {epoch} iter {step}/{len(train_loader)}",
                        bar=bar, epoch=epoch, iter=step, iters=len(train_loader), loss=float(result.loss),
                        acc=int(result.correct) / result.images, lr=current_lr(optimizer),
                        **{f'loss_{name}': float(part) for name, part in result.parts.items()})
-        totals.check_finite(epoch, where_to_resume())
+        totals.check_finite(epoch, last_good())
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before saving and evaluating
         record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': None, 'acc': None, 'lr': current_lr(optimizer)}
         record['loss'], record['acc'] = distributed.mean_across_ranks(*totals.means())
@@ -184,7 +194,8 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             last_checkpoint = save_checkpoint(cfg, model, epoch)
             logger.info(f"Saved {last_checkpoint}")
         if evaluate_fn is not None and (epoch % solver.EVAL_PERIOD == 0 or last_epoch):
-            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), \
+                    stop_on_out_of_memory(f'the evaluation after epoch {epoch}', 'lower TEST.IMS_PER_BATCH', last_good):
                 record['eval'] = evaluate_fn(model)  # RNG-neutral: evaluating never changes the training
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)

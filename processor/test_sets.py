@@ -21,6 +21,7 @@ from datasets.bases import ReIDDataset
 from datasets.image_check import skip_unreadable_images
 from processor.inference import eval_modes, evaluate_model, write_results
 from utils import distributed
+from utils.run_lock import results_lock
 from reporting.visualize import write_reports
 
 
@@ -85,8 +86,10 @@ def evaluate_test_sets(cfg, model, test_sets: list[TestSet], device, logger, amp
                 os.makedirs(set_cfg.OUTPUT_DIR, exist_ok=True)
         outcome = evaluate_model(set_cfg, model, test_set.dataset, device, logger, amp_dtype,
                                  unseen_cameras=not test_set.seen_cameras)
-        for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features):
-            logger.info(f"wrote {path}")
-        write_reports(set_cfg, outcome, logger, details)
+        # Results are written one set at a time: another run writing into this folder waits its turn.
+        with results_lock(set_cfg.OUTPUT_DIR):
+            for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features):
+                logger.info(f"wrote {path}")
+            write_reports(set_cfg, outcome, logger, details)
         metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()})
     return metrics

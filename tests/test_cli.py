@@ -1,23 +1,16 @@
 """The two scripts, run as a user runs them."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datasets.synthetic_mssl import generate
-from tests.conftest import tiny_opts
+from tests.helpers import run_script, tiny_opts
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess runs of the scripts
+
 SEED_OPTS = ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '0.5', 'MODEL.SIE_VIEW', 'True',
              'MODEL.STRIDE_SIZE', '[12, 12]']
-
-
-def run_script(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 @pytest.fixture(scope='module')

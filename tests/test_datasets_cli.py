@@ -7,8 +7,8 @@ import pytest
 
 from datasets import init_dataset
 from datasets.fixtures import generate
-from tests.conftest import TINY_OPTS, tiny_opts
-from tests.test_cli import run_script
+from tests.helpers import TINY_OPTS, tiny_opts
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

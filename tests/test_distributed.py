@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils import distributed
+
+pytestmark = pytest.mark.slow  # subprocess runs of the scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -16,7 +16,7 @@ from model.blocks import self_attention
 from model.clip_loader import build_clip
 from model.make_model_clipreid import ReIDModel
 from processor.stage2 import train_stage2
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils.device import autocast, autocast_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +43,7 @@ def test_benchmark_reference_attention_equals_the_fused_path(reference, is_causa
         torch.testing.assert_close(plain[:, :1], only_first, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_outputs_and_gradients():
     torch.manual_seed(0)
     model = ReIDModel(build_clip('ViT-Tiny-16'), num_classes=5, camera_num=3, view_num=2, image_size=(32, 16),
@@ -66,6 +67,7 @@ def test_compiled_model_gives_the_eager_outputs_and_gradients():
         torch.testing.assert_close(compiled_grads[name], eager, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypatch):
     cfg = load_config('', tiny_opts(tiny_mssl, str(tmp_path), 'SOLVER.COMPILE', 'True',
                                     'SOLVER.STAGE2.MAX_EPOCHS', '1', 'SOLVER.STAGE2.EVAL_PERIOD', '1'))

@@ -17,7 +17,7 @@ from model.feature_api import FeatureExtractor, load_reid_model, sie_weights
 from processor.inference import extract_features
 from processor.stage2 import save_checkpoint
 from solver.scheduler import WarmupMultiStepLR
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from utils import checkpoint
 from utils.errors import UserError
 

@@ -34,6 +34,7 @@ def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow  # starts the script in subprocesses
 def test_cpu_without_quick_and_unknown_parts_are_refused(tmp_path):
     assert _run('--device', 'cpu', '--out', str(tmp_path)).stderr.startswith('error: --device cpu runs only')
     refused = _run('--device', 'cpu', '--quick', '--parts', 'warp', '--out', str(tmp_path))

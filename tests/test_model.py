@@ -12,7 +12,8 @@ from yacs.config import CfgNode as CN
 
 from model import load_clip, make_model
 from model.clip_loader import TINY_NAME, build_clip
-from model.image_encoder import ReIDImageEncoder
+from model.image_encoder import ImageEncoder, ReIDImageEncoder, build_image_encoder
+from model.make_model_clipreid import ReIDModel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
 
@@ -412,3 +413,32 @@ def test_no_hardcoded_cuda_in_model_package():
     model_dir = Path(__file__).resolve().parents[1] / 'model'
     offenders = [p.name for p in model_dir.rglob('*.py') if '.cuda(' in p.read_text()]
     assert offenders == []
+
+
+class _PoolingEncoder(ImageEncoder):
+    """A minimal backbone written against the encoder contract alone."""
+
+    def __init__(self, width=8, embed_dim=4):
+        super().__init__()
+        self.width, self.embed_dim = width, embed_dim
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, x, cam_label=None, view_label=None, use_sie=True):
+        pooled = self.conv(x).mean(dim=(2, 3))
+        return pooled, pooled * 2, self.proj(pooled)
+
+
+def test_reid_model_takes_any_encoder_of_the_contract(clip):
+    model = ReIDModel(clip, num_classes=3, image_encoder=_PoolingEncoder())
+    out = model.train()(torch.randn(4, 3, 16, 8))
+    assert [s.shape for s in out['cls_scores']] == [(4, 3), (4, 3)] and out['proj'].shape == (4, 4)
+    assert model.eval()(torch.randn(2, 3, 16, 8)).shape == (2, 8 + 4)
+
+
+def test_an_unknown_tower_family_is_refused(clip):
+    class ModifiedResNet(nn.Module):
+        pass
+
+    with pytest.raises(UserError, match='ModifiedResNet are not supported'):
+        build_image_encoder(ModifiedResNet())

@@ -1,5 +1,7 @@
 import logging
+import re
 
+import pytest
 import torch
 
 from config import load_config
@@ -8,7 +10,8 @@ from model import make_model
 from processor import stage1 as stage1
 from loss.make_loss import image_view_mask
 from processor.stage2 import i2t_terms
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
+from utils.errors import UserError
 
 LOGGER = logging.getLogger('test')
 
@@ -75,12 +78,20 @@ def test_stage1_cache_is_reused_and_rebuilt_when_the_config_changes(tiny_mssl, t
     assert not torch.equal(rebuilt['sky'], first['sky'])
 
 
-def test_damaged_cache_is_rebuilt_not_trusted(tiny_mssl, tmp_path):
-    (tmp_path / stage1.CACHE_NAME).write_bytes(b'not a checkpoint')
+@pytest.mark.parametrize('content, message', [
+    (b'not a checkpoint', 'is damaged or not a cache'),
+    (None, 'holds no cache (a list)'),
+])
+def test_damaged_cache_stops_and_is_left_alone(tiny_mssl, tmp_path, content, message):
+    cache = tmp_path / stage1.CACHE_NAME
+    if content is None:
+        torch.save([1, 2], cache)
+        content = cache.read_bytes()
+    cache.write_bytes(content)
     cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'SOLVER.STAGE1.MAX_EPOCHS', '1')
-    features = stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, torch.device('cpu'), LOGGER)
-    assert set(features) == {'ground', 'sky'}
-    assert set(stage1.load_cache(str(tmp_path / stage1.CACHE_NAME))) == {'ground', 'sky'}
+    with pytest.raises(UserError, match=f"stage-1 cache '{cache}' {re.escape(message)}.*move it away"):
+        stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, torch.device('cpu'), LOGGER)
+    assert cache.read_bytes() == content
 
 
 def test_image_view_masks_and_published_terms():
@@ -105,6 +116,7 @@ def test_all_modes_ranked_together_equal_each_mode_alone(tiny_mssl, tmp_path):
         alone = evaluate(result['qf'], result['gf'], q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
                          g['views'], mode, return_per_query=True)
         for key in ('mAP', 'mINP', 'rank1', 'num_query', 'num_valid_query', 'num_gallery'):
-            assert result['metrics'][key] == alone[key], (mode, key)
+            # the same ranks; sums over queries may differ in the last bit with the order of the chunks
+            assert result['metrics'][key] == pytest.approx(alone[key], rel=1e-12, abs=0), (mode, key)
         assert (result['metrics']['cmc'] == alone['cmc']).all()
         assert (result['valid_query_index'] == alone['valid_query_index']).all()

@@ -26,26 +26,12 @@ from config import load_config
 from datasets import init_dataset
 from model import make_model
 from loss import make_loss
-from tests.conftest import tiny_opts
+from tests.helpers import ROOT, fails, tiny_opts
 from utils import atomic_io, checkpoint
 from utils.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'ViT-Tiny-16'
 SHORT = ('SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '1')  # one epoch of each stage
-
-
-def fails(main, argv, capsys) -> str:
-    """Run a CLI main in-process; assert exit code 2 and exactly one `error:` line; return it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    assert 'Traceback' not in err
-    return lines[0]
 
 
 def written_outputs(out: Path) -> list:
@@ -116,6 +102,7 @@ def test_truncated_training_image_stops_training_before_anything_is_saved(data, 
     assert written_outputs(out) == []
 
 
+@pytest.mark.slow
 def test_skip_bad_images_drops_them_up_front_and_counts_them(data, tmp_path, capsys):
     bad_train = first_image(data, 'bounding_box_train')
     bad_train.write_bytes(bad_train.read_bytes()[:200])
@@ -357,6 +344,7 @@ def test_resume_state_can_be_tested_like_a_checkpoint(one_epoch_run, tiny_mssl, 
     assert result['DDC']['mAP'] == pytest.approx(expected['mAP'], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_with_loader_workers_gives_the_uninterrupted_weights(tiny_mssl, tmp_path):
     # Workers are seeded per epoch from SOLVER.SEED, so their augmentation does not depend on history.
     opts = ('DATALOADER.NUM_WORKERS', '1', 'MODEL.I2T_LOSS_WEIGHTS', '(0.0, 0.0, 0.0)',  # no stage 1
@@ -494,6 +482,7 @@ def assert_every_checkpoint_loads(out: Path) -> None:
             torch.load(path, map_location='cpu', weights_only=True)  # raises on a truncated file
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_and_mid_save_then_resumed_matches_an_uninterrupted_run(tiny_mssl, tmp_path):
     opts = ['SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '3', 'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1',
             'SOLVER.KEEP_CHECKPOINTS', '2', 'SOLVER.RESUME', 'auto']
@@ -515,7 +504,9 @@ def test_killed_mid_epoch_and_mid_save_then_resumed_matches_an_uninterrupted_run
     assert_every_checkpoint_loads(out)
     assert list(out.glob('.*.tmp')) == []
     assert 'left by a save that was interrupted' in (out / 'train_log.txt').read_text()
-    assert sorted(p.name for p in out.glob('*.pth')) == [f'{MODEL}_2.pth', f'{MODEL}_3.pth', 'resume.pth']
+    assert sorted(p.name for p in out.glob('*.pth')) == [f'{MODEL}_2.pth', f'{MODEL}_3.pth', 'resume.prev.pth',
+                                                         'resume.pth']
+    assert torch.load(out / 'resume.prev.pth', weights_only=True)['epoch'] == 2
     resumed = torch.load(out / f'{MODEL}_3.pth', weights_only=True)['model']
     uninterrupted = torch.load(reference_out / f'{MODEL}_3.pth', weights_only=True)['model']
     assert resumed.keys() == uninterrupted.keys()

@@ -12,7 +12,7 @@ from PIL import Image
 import test_clipreid
 import train_clipreid
 from config import load_config
-from tests.conftest import tiny_opts
+from tests.helpers import tiny_opts
 from evaluation import ranked_lists
 from reporting import metrics_log, visualize
 from utils import progress
@@ -257,6 +257,7 @@ def test_a_bar_routes_log_lines_and_restores_the_handlers(monkeypatch):
     assert 'stage 2' in stream.getvalue()
 
 
+@pytest.mark.slow
 def test_training_and_testing_write_metrics_curves_and_reports(tiny_mssl, tmp_path):
     train_out, test_out = tmp_path / 'train', tmp_path / 'test'
     train_clipreid.main(tiny_opts(tiny_mssl, str(train_out)))

@@ -7,7 +7,8 @@ A stage-2 run writes to OUTPUT_DIR:
 - `resume.pth` (RESUME_NAME), rewritten at the end of every epoch, after that epoch's checkpoint and
   evaluation: the image weights, optimizer, LR scheduler, AMP scaler, the finished epoch, the RNG state
   of every process, the stage-1 text features the run trains against (and the cache they came from),
-  the per-epoch history and the last weights checkpoint.
+  the per-epoch history and the last weights checkpoint. The state it replaces is kept as
+  `resume.prev.pth`, the fallback a damaged resume.pth points to.
 Both also hold 'meta', the model description of model/checkpoint_meta.py (architecture, sizes, counts,
 SIE, preprocessing, camera and view names), so that model/feature_api.py rebuilds the model from the file alone.
 SOLVER.RESUME 'auto' (or a path to a resume.pth) continues with the next epoch. An epoch interrupted
@@ -23,6 +24,8 @@ import os
 import pickle
 import random
 import re
+import shutil
+import zipfile
 
 import numpy as np
 import torch
@@ -31,8 +34,9 @@ from yacs.config import CfgNode
 from model.checkpoint_meta import describe_model
 from utils import atomic_io, distributed
 from utils.errors import UserError
+from utils.vocabulary import PREVIOUS_RESUME_FILE, RESUME_FILE, STAGE1_CACHE
 
-RESUME_NAME = 'resume.pth'
+RESUME_NAME = RESUME_FILE
 RESUME_FORMAT = 'msp-resume-1'
 _RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'rng')
 # Changing these between the interrupted run and its resumption would silently train another model.
@@ -50,15 +54,36 @@ def load_weights_only(path: str, what: str):
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if 'Weights only load failed' not in text:
-            raise UserError(f"{what} is damaged: {_first_line(err)}") from None
         found = re.search(r'GLOBAL (\S+)', text)
+        if 'Weights only load failed' not in text or not (found or zipfile.is_zipfile(path)):
+            # Garbage bytes also fail as "weights only": they are damage, not pickled objects.
+            raise DamagedFile(f"{what} is truncated or not a PyTorch checkpoint (unreadable bytes)") from None
         needs = f" (it needs the Python object {found.group(1)})" if found else ''
         raise UserError(f"{what} was refused: it holds pickled Python objects{needs}, and only tensors and "
                         f"plain containers are loaded (torch.load weights_only=True); load it once where you "
                         f"trust it and re-save its tensors as a plain state dict") from None
     except Exception as err:  # truncated, empty, or not a torch file at all
-        raise UserError(f"{what} is truncated or not a PyTorch checkpoint ({_first_line(err)})") from None
+        raise DamagedFile(f"{what} is truncated or not a PyTorch checkpoint ({_first_line(err)})") from None
+
+
+class DamagedFile(UserError):
+    """A file that cannot be read as a PyTorch checkpoint at all (cut off, empty, garbage)."""
+
+
+def _other_checkpoints(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    others = sorted((p for p in glob.glob(os.path.join(glob.escape(folder), '*.pth'))
+                     if os.path.abspath(p) != os.path.abspath(path)), key=os.path.getmtime, reverse=True)
+    return f" (that folder also has {', '.join(os.path.basename(p) for p in others[:3])})" if others else ''
+
+
+def load_checkpoint_file(path: str, what: str):
+    """load_weights_only for a file the user picked: a damaged one also says what to do about it."""
+    try:
+        return load_weights_only(path, what)
+    except DamagedFile as err:
+        raise DamagedFile(f"{err}; it may have been cut off by a full disk or an interrupted copy: copy it "
+                          f"again, or pass another checkpoint{_other_checkpoints(path)}") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -118,7 +143,8 @@ def resume_path(output_dir: str) -> str:
 
 def remove_stale_temp_files(output_dir: str, model_name: str) -> list:
     """Temporary files a killed save left next to the checkpoints (the checkpoints themselves are intact)."""
-    patterns = [f'.{RESUME_NAME}.*.tmp', f'.{glob.escape(model_name)}_*.pth.*.tmp', '.stage1_text_features.pt.*.tmp']
+    patterns = [f'.{RESUME_NAME}.*.tmp', f'.{PREVIOUS_RESUME_FILE}.*.tmp', f'.{glob.escape(model_name)}_*.pth.*.tmp',
+                f'.{STAGE1_CACHE}.*.tmp']
     removed = []
     for pattern in patterns:
         for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
@@ -152,7 +178,10 @@ def start_or_resume(cfg, logger, text_views=()):
         path, what = own, f"SOLVER.RESUME auto: '{own}'"
     else:
         path, what = request, f"SOLVER.RESUME '{request}'"
-    state = load_weights_only(path, what)
+    try:
+        state = load_weights_only(path, what)
+    except DamagedFile as err:
+        raise DamagedFile(f"{err}; it is left as it is. {_earlier_state(path)}") from None
     if not isinstance(state, dict) or state.get('format') != RESUME_FORMAT or any(k not in state for k in _RESUME_KEYS):
         if isinstance(state, dict) and 'model' in state:
             raise UserError(f"{what} holds re-ID weights only, not a resume state (no optimizer, scheduler or RNG "
@@ -167,6 +196,27 @@ def start_or_resume(cfg, logger, text_views=()):
     state['path'] = path
     logger.info(f"resuming from {path}: epoch {state['epoch']} of stage 2 is finished")
     return state
+
+
+def previous_resume_path(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)), PREVIOUS_RESUME_FILE)
+
+
+def _earlier_state(damaged: str) -> str:
+    """Which earlier state beside a damaged resume state could be used, and the key that uses it."""
+    previous = previous_resume_path(damaged)
+    if os.path.abspath(previous) != os.path.abspath(damaged) and os.path.isfile(previous):
+        try:
+            state = load_weights_only(previous, previous)
+            epoch = state['epoch'] if isinstance(state, dict) and state.get('format') == RESUME_FORMAT else None
+        except UserError:
+            epoch = None
+        if epoch is not None:
+            return (f"The resume state before it, '{previous}', is intact and holds the state after epoch {epoch}: "
+                    f"pass SOLVER.RESUME {previous} to continue from there (the damaged file is replaced after "
+                    f"the next epoch), or SOLVER.RESUME '' to start afresh")
+    return (f"No intact earlier resume state ({PREVIOUS_RESUME_FILE}) is beside it: copy it again, or pass "
+            f"SOLVER.RESUME '' to start afresh{_other_checkpoints(damaged)}")
 
 
 def _flatten(node: CfgNode, prefix: str = '') -> dict:
@@ -204,6 +254,7 @@ def save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch: int, text
     rng = _all_ranks(capture_rng(device))
     path = resume_path(cfg.OUTPUT_DIR)
     if distributed.is_main():
+        _keep_previous(path)
         atomic_io.torch_save({
             'format': RESUME_FORMAT, 'stage': 2, 'epoch': epoch,
             'model': model.image_state_dict(), 'optimizer': optimizer.state_dict(),
@@ -214,6 +265,26 @@ def save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch: int, text
             'last_checkpoint': last_checkpoint, 'config': cfg.dump(), 'meta': describe_model(cfg, model),
         }, path)
     return path
+
+
+def _keep_previous(path: str) -> None:
+    """Keep the resume state about to be replaced as resume.prev.pth: the fallback when a copy or a
+    full disk later damages resume.pth. A file that is not a complete archive (torch.save writes zip
+    archives) is not kept, so a damaged resume.pth never replaces an intact earlier state."""
+    if not zipfile.is_zipfile(path):
+        return
+    previous = previous_resume_path(path)
+    link = os.path.join(os.path.dirname(previous), f'.{PREVIOUS_RESUME_FILE}.{os.getpid()}.tmp')
+    try:
+        if os.path.lexists(link):
+            os.remove(link)
+        try:
+            os.link(path, link)  # a second name for the same bytes: no copy, and resume.pth never goes missing
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
+    except OSError as err:
+        raise UserError(f"cannot keep the previous resume state as '{previous}': {err.strerror or err}") from None
 
 
 def _plain_record(record: dict) -> dict:

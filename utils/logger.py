@@ -8,7 +8,10 @@ from utils import distributed
 
 # The project's module loggers (logging.getLogger(__name__)) report INFO too; their records reach the
 # run's console and log file through the root logger, whose handlers setup_logger sets.
-PROJECT_PACKAGES = ('config', 'datasets', 'loss', 'model', 'processor', 'solver', 'utils')
+PROJECT_PACKAGES = ('config', 'datasets', 'evaluation', 'loss', 'model', 'processor', 'reporting', 'solver', 'utils')
+
+# `logger.info(text, extra=FILE_ONLY)`: for the log file only (the full config, long tables), not the terminal.
+FILE_ONLY = {'file_only': True}
 
 
 class _CurrentStdout(logging.StreamHandler):
@@ -45,6 +48,7 @@ def setup_logger(name: str, output_dir: str, filename: str) -> logging.Logger:
     formatter = logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s')
     console = _CurrentStdout()
     console.setFormatter(formatter)
+    console.addFilter(lambda record: not getattr(record, 'file_only', False))
     logger.addHandler(console)
     if output_dir:
         file_handler = logging.FileHandler(os.path.join(output_dir, filename), mode='a')

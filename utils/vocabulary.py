@@ -40,6 +40,11 @@ TRAIN_LOG = 'train_log.txt'
 TEST_LOG = 'test_log.txt'
 STAGE1_CACHE = 'stage1_text_features.pt'
 RESUME_FILE = 'resume.pth'
+# The resume state of the epoch before, kept when resume.pth is rewritten (a fallback if it is damaged).
+PREVIOUS_RESUME_FILE = 'resume.prev.pth'
+# Lock files: the training run that holds OUTPUT_DIR, and the run writing its result files now.
+TRAINING_LOCK = 'train.lock'
+RESULTS_LOCK = 'results.lock'
 METRICS_JSONL = 'metrics.jsonl'
 RESULTS_TABLE = 'results.md'
 CMC_PLOT = 'cmc.png'

@@ -1,0 +1,44 @@
+"""Helpers the test files share (fixtures live in conftest.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A fast training recipe on the tiny model and tiny images, shared by the processor and CLI tests.
+TINY_OPTS = [
+    'MODEL.NAME', 'ViT-Tiny-16', 'MODEL.DEVICE', 'cpu', 'MODEL.STRIDE_SIZE', '[12, 12]',
+    'MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_VIEW', 'True', 'MODEL.SIE_COE', '0.5',
+    'INPUT.SIZE_TRAIN', '[64, 32]', 'INPUT.SIZE_TEST', '[64, 32]', 'INPUT.PADDING', '4',
+    'DATALOADER.NUM_WORKERS', '0', 'DATALOADER.NUM_INSTANCE', '4',
+    'SOLVER.STAGE1.IMS_PER_BATCH', '16', 'SOLVER.STAGE1.MAX_EPOCHS', '3', 'SOLVER.STAGE1.WARMUP_EPOCHS', '1',
+    'SOLVER.STAGE1.BASE_LR', '0.003',
+    'SOLVER.STAGE2.IMS_PER_BATCH', '16', 'SOLVER.STAGE2.MAX_EPOCHS', '2', 'SOLVER.STAGE2.WARMUP_EPOCHS', '1',
+    'SOLVER.STAGE2.STEPS', '[2]', 'SOLVER.STAGE2.BASE_LR', '0.0005', 'SOLVER.STAGE2.EVAL_PERIOD', '2',
+    'SOLVER.STAGE2.CHECKPOINT_PERIOD', '2', 'TEST.IMS_PER_BATCH', '32',
+]
+
+
+def tiny_opts(root: str, output_dir: str, *extra: str) -> list:
+    return [*TINY_OPTS, 'DATASETS.NAMES', 'mssl', 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', output_dir, *extra]
+
+
+def run_script(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts in a fresh Python process, from the repository root."""
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def fails(main, argv, capsys) -> str:
+    """Run a CLI main in-process; assert exit code 2 and exactly one `error:` line; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert 'Traceback' not in err
+    return lines[0]
