@@ -6,6 +6,7 @@ or ALL of them; on the training dataset, or on those of DATASETS.TEST_NAMES.
 import sys
 
 from model import make_model
+from model.checkpoint_meta import config_differences
 from processor.run import Run
 from processor.test_sets import evaluate_test_sets
 from reporting.metrics_log import log_evaluation
@@ -13,12 +14,13 @@ from utils.checkpoint import load_checkpoint_file
 from utils.errors import UserError, exit_on_user_error
 
 
-def load_reid_checkpoint(path: str) -> dict:
+def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
+    """(state dict, the checkpoint's model description or None)."""
     checkpoint = load_checkpoint_file(path, f"TEST.WEIGHT '{path}'")
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"TEST.WEIGHT '{path}' holds no state dict")
-    return state
+    return state, (checkpoint.get('meta') if state is not checkpoint else None)
 
 
 @exit_on_user_error
@@ -26,7 +28,9 @@ def main(argv=None) -> dict:
     run = Run(argv, 'Evaluate a CLIP-ReID / MSP re-ID model', 'test_log.txt', 'msp.test')
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
     weight = cfg.TEST.WEIGHT
-    state = load_reid_checkpoint(weight) if weight else None
+    state, meta = load_reid_checkpoint(weight) if weight else (None, None)
+    for difference in config_differences(meta, cfg):
+        logger.warning(f"{weight} was trained with {difference}: the features may not be what it learnt")
     model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        load_pretrained=state is None)
     if state is not None:

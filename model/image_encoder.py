@@ -135,29 +135,36 @@ class ReIDImageEncoder(ImageEncoder):
         return cam_label if self.sie_camera else view_label
 
     def embed(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
-              view_label: Optional[torch.Tensor] = None, use_sie: bool = True) -> torch.Tensor:
-        """Class + patch tokens with positions and side information, before ln_pre: [B, 1 + gh*gw, width]."""
+              view_label: Optional[torch.Tensor] = None, use_sie: bool = True,
+              sie_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class + patch tokens with positions and side information, before ln_pre: [B, 1 + gh*gw, width].
+
+        `sie_weights` [B, rows], instead of the labels: each image's side information is that mix of the
+        SIE rows (model/feature_api.py averages the rows its unknown labels allow)."""
         x = self.conv1(x).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         if self.sie_embed is not None and use_sie:
-            index = self.sie_index(cam_label, view_label)
-            # A camera the table never saw (id -1, or beyond the training cameras: another dataset's)
-            # gets no side information rather than another camera's row.
-            known = (index >= 0) & (index < self.sie_embed.shape[0])
-            if self.sie_camera:
-                known &= (cam_label >= 0) & (cam_label < self.camera_num)
-            side = self.sie_coe * self.sie_embed[torch.where(known, index, 0)]
-            side = torch.where(known.unsqueeze(1), side, torch.zeros_like(side))
+            if sie_weights is not None:
+                side = self.sie_coe * (sie_weights.to(self.sie_embed.dtype) @ self.sie_embed)
+            else:
+                index = self.sie_index(cam_label, view_label)
+                # A camera the table never saw (id -1, or beyond the training cameras: another dataset's)
+                # gets no side information rather than another camera's row.
+                known = (index >= 0) & (index < self.sie_embed.shape[0])
+                if self.sie_camera:
+                    known &= (cam_label >= 0) & (cam_label < self.camera_num)
+                side = self.sie_coe * self.sie_embed[torch.where(known, index, 0)]
+                side = torch.where(known.unsqueeze(1), side, torch.zeros_like(side))
             x = torch.cat([x[:, :1] + side.unsqueeze(1).to(x.dtype), x[:, 1:]], dim=1)
         return x
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
-                view_label: Optional[torch.Tensor] = None,
-                use_sie: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                view_label: Optional[torch.Tensor] = None, use_sie: bool = True,
+                sie_weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class token after the second-to-last block [B, width], after ln_post of the last [B, width],
         projected [B, embed_dim]). `use_sie=False` leaves out the side information."""
-        x = self.ln_pre(self.embed(x, cam_label, view_label, use_sie))
+        x = self.ln_pre(self.embed(x, cam_label, view_label, use_sie, sie_weights))
         penultimate = x
         for block in self.resblocks:
             penultimate = x

@@ -72,8 +72,11 @@ class ReIDModel(nn.Module):
             self.prompt_learners = nn.ModuleDict()
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
-                view_label: Optional[torch.Tensor] = None):
-        penultimate, feat, proj = self.image_encoder(x, cam_label, view_label)
+                view_label: Optional[torch.Tensor] = None, sie_weights: Optional[torch.Tensor] = None):
+        # sie_weights (model/feature_api.py's mix of SIE rows for unknown labels) only when given: the
+        # ImageEncoder contract does not require encoders to take it.
+        extra = {} if sie_weights is None else {'sie_weights': sie_weights}
+        penultimate, feat, proj = self.image_encoder(x, cam_label, view_label, **extra)
         feat_bn = self.bottleneck(feat)
         proj_bn = self.bottleneck_proj(proj)
         if self.training:

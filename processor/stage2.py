@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from loss.make_loss import Stage2Criterion
+from model.checkpoint_meta import describe_model
 from processor.accumulation import accumulated_step, check_sub_batches
 from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
@@ -40,7 +41,8 @@ def checkpoint_path(cfg, epoch: int) -> str:
 def save_checkpoint(cfg, model, epoch: int) -> str:
     path = checkpoint_path(cfg, epoch)
     if distributed.is_main():
-        atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump()}, path)
+        atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump(),
+                              'meta': describe_model(cfg, model)}, path)
         checkpoint.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
 

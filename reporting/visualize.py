@@ -126,31 +126,46 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, r
 
 
 def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, path: str, title: str = '',
-                      dataset_name: str = '', topk: int = 10, layout: Layout = Layout()) -> tuple[int, int]:
+                      dataset_name: str = '', topk: int = 10, layout: Layout = Layout(),
+                      identities_known: bool = True) -> tuple[int, int]:
     """One row per ranked query: the query (blue border) and its top-k gallery images (green:
-    same identity, red: another), labelled with rank, camera, view and identity. Returns (w, h)."""
+    same identity, red: another), labelled with rank, camera, view and identity. Returns (w, h).
+
+    identities_known=False (a search among unlabelled images): grey borders, no identities, distances
+    instead; a camera or view id of -1 is drawn as '?'. An AP of NaN is left out of the row header."""
     width, height = layout.canvas_size(len(ranked), topk)
     canvas = Image.new('RGB', (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = _font()
     draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=_font(13))
 
-    def labels(columns: dict, index: int, prefix: str) -> list[str]:
-        cam = camera_name(dataset_name, columns['camids'][index])
-        return [f"{prefix}{cam} {view_name(columns['views'][index])}", f"id {columns['pids'][index]}"]
+    def labels(columns: dict, index: int, prefix: str, second: str) -> list[str]:
+        camid, viewid = int(columns['camids'][index]), int(columns['views'][index])
+        if camid < 0 and viewid < 0:
+            return [prefix.strip(), second]
+        cam = camera_name(dataset_name, camid) if camid >= 0 else '?'
+        view = view_name(viewid) if viewid >= 0 else '?'
+        return [f"{prefix}{cam} {view}", second]
+
+    def identity(columns: dict, index: int) -> str:
+        return f"id {columns['pids'][index]}" if identities_known else ''
 
     for row, entry in enumerate(ranked):
         x, y = layout.cell_origin(row, 0)
         name = os.path.basename(str(query['paths'][entry.query]))
-        first_hit = np.flatnonzero(entry.match)
-        hit = f"first match at rank {first_hit[0] + 1}" if first_hit.size else f"no match in the top {topk}"
-        draw.text((x, y - layout.header_height + 2), f"{entry.tag} | AP {entry.ap:.1%} | {hit} | {name}",
-                  fill=TEXT_COLOR, font=font)
+        header = [entry.tag] + ([] if np.isnan(entry.ap) else [f"AP {entry.ap:.1%}"])
+        if identities_known:
+            first_hit = np.flatnonzero(entry.match)
+            header.append(f"first match at rank {first_hit[0] + 1}" if first_hit.size
+                          else f"no match in the top {topk}")
+        draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=font)
         _draw_cell(canvas, draw, layout, row, 0, str(query['paths'][entry.query]), QUERY_COLOR,
-                   labels(query, entry.query, 'query '), font)
-        for rank, (g_index, match) in enumerate(zip(entry.gallery, entry.match), start=1):
-            _draw_cell(canvas, draw, layout, row, rank, str(gallery['paths'][g_index]),
-                       MATCH_COLOR if match else MISS_COLOR, labels(gallery, g_index, f'{rank}. '), font)
+                   labels(query, entry.query, 'query ', identity(query, entry.query)), font)
+        for rank, (g_index, match, dist) in enumerate(zip(entry.gallery, entry.match, entry.dist), start=1):
+            color = (MATCH_COLOR if match else MISS_COLOR) if identities_known else PAD_COLOR
+            second = identity(gallery, g_index) if identities_known else f"d {float(dist):.3f}"
+            _draw_cell(canvas, draw, layout, row, rank, str(gallery['paths'][g_index]), color,
+                       labels(gallery, g_index, f'{rank}. ', second), font)
     buffer = io.BytesIO()
     canvas.save(buffer, format='PNG')
     atomic_io.write_bytes(path, buffer.getvalue())

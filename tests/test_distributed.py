@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,8 +86,9 @@ def _check_helpers(out_dirs) -> None:
     from processor.inference import write_results
     from processor.stage2 import save_checkpoint
     out = Path(out_dirs[rank])
-    cfg = load_config('', ['OUTPUT_DIR', str(out)])
-    model = SimpleNamespace(image_state_dict=lambda: {'w': torch.ones(2)})
+    from model import make_model
+    cfg = load_config('', ['OUTPUT_DIR', str(out), 'MODEL.NAME', 'ViT-Tiny-16'])
+    model = make_model(cfg, 4, 15, 2, load_pretrained=False)  # a checkpoint describes a real model
     path = save_checkpoint(cfg, model, 3)
     metrics = dict(mode='S2G', mAP=0.5, rank1=0.5, rank5=1.0, rank10=1.0, mINP=0.5, num_query=2,
                    num_valid_query=2, num_gallery=4, cmc=[0.5, 1.0])

@@ -1,7 +1,7 @@
 """Checkpoint files: weights-only loading with clear refusals, the resumable training state, pruning.
 
 A stage-2 run writes to OUTPUT_DIR:
-- `{MODEL.NAME}_{epoch}.pth`, the published-style re-ID weights ({'model', 'epoch', 'config'}), every
+- `{MODEL.NAME}_{epoch}.pth`, the re-ID weights ({'model', 'epoch', 'config', 'meta'}), every
   SOLVER.STAGE2.CHECKPOINT_PERIOD epochs and after the last; SOLVER.KEEP_CHECKPOINTS N > 0 keeps the
   newest N of them.
 - `resume.pth` (RESUME_NAME), rewritten at the end of every epoch, after that epoch's checkpoint and
@@ -9,6 +9,8 @@ A stage-2 run writes to OUTPUT_DIR:
   of every process, the stage-1 text features the run trains against (and the cache they came from),
   the per-epoch history and the last weights checkpoint. The state it replaces is kept as
   `resume.prev.pth`, the fallback a damaged resume.pth points to.
+Both also hold 'meta', the model description of model/checkpoint_meta.py (architecture, sizes, counts,
+SIE, preprocessing, camera and view names), so that model/feature_api.py rebuilds the model from the file alone.
 SOLVER.RESUME 'auto' (or a path to a resume.pth) continues with the next epoch. An epoch interrupted
 part-way is trained again from its start: the sampler and the data-loader workers are seeded from
 SOLVER.SEED and the epoch, and the main process's RNG state is restored, so the weights come out the
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
+from model.checkpoint_meta import describe_model
 from utils import atomic_io, distributed
 from utils.errors import UserError
 from utils.vocabulary import PREVIOUS_RESUME_FILE, RESUME_FILE, STAGE1_CACHE
@@ -259,7 +262,7 @@ def save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch: int, text
             'text_features': {view: feats.detach().cpu() for view, feats in text_features.items()},
             'stage1_cache': os.path.join(os.path.abspath(cfg.OUTPUT_DIR), 'stage1_text_features.pt'),
             'history': [_plain_record(record) for record in history],
-            'last_checkpoint': last_checkpoint, 'config': cfg.dump(),
+            'last_checkpoint': last_checkpoint, 'config': cfg.dump(), 'meta': describe_model(cfg, model),
         }, path)
     return path
 

@@ -49,6 +49,11 @@ METRICS_JSONL = 'metrics.jsonl'
 RESULTS_TABLE = 'results.md'
 CMC_PLOT = 'cmc.png'
 TRAINING_CURVES = 'training_curves.png'
+# search_clipreid.py's outputs.
+SEARCH_CSV = 'search_results.csv'
+SEARCH_JSON = 'search_results.json'
+SEARCH_FEATURES = 'search_features.npz'
+SEARCH_PICTURE = 'search_ranked.png'
 
 
 def results_file(protocol: str) -> str:
