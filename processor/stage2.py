@@ -200,7 +200,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)
         path = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
-                                            history, last_checkpoint, device)
+                                            history, last_checkpoint, device, meta=describe_model(cfg, model))
         resumable = f"{path} holds the state after epoch {epoch}"
     if bar is not None:
         bar.close()

@@ -12,7 +12,7 @@ from datasets import init_dataset
 from datasets.make_dataloader import make_ordered_loader
 from datasets.mssl import SKY_CAMERAS
 from model import make_model
-from model.checkpoint_meta import META_FORMAT
+from model.checkpoint_meta import META_FORMAT, describe_model
 from model.feature_api import FeatureExtractor, load_reid_model, sie_weights
 from processor.inference import extract_features
 from processor.stage2 import save_checkpoint
@@ -158,7 +158,8 @@ def test_resume_state_describes_its_model_too(tiny_checkpoint, tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = WarmupMultiStepLR(optimizer, milestones=[2])
     resume = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
-                                          1, {}, [], path, CPU)
+                                          1, {}, [], path, CPU, meta=describe_model(cfg, model))
+    assert torch.load(resume, weights_only=True)['meta'] == describe_model(cfg, model)
     paths = [p for p, *_ in dataset.query[:2]]
     from_resume = FeatureExtractor(load_reid_model(resume, device='cpu'))(paths, views=[1, 0])
     from_weights = FeatureExtractor(load_reid_model(path, device='cpu'))(paths, views=[1, 0])

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from model.checkpoint_meta import describe_model
 from utils import atomic_io, distributed
 from utils.errors import UserError
 from utils.vocabulary import PREVIOUS_RESUME_FILE, RESUME_FILE, STAGE1_CACHE
@@ -249,8 +248,9 @@ def _check_config(cfg, state: dict, what: str, logger) -> None:
 
 
 def save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch: int, text_features: dict,
-                      history: list, last_checkpoint, device: torch.device) -> str:
-    """Write OUTPUT_DIR/resume.pth atomically (rank 0; every rank must call it: RNG states are gathered)."""
+                      history: list, last_checkpoint, device: torch.device, meta: dict | None = None) -> str:
+    """Write OUTPUT_DIR/resume.pth atomically (rank 0; every rank must call it: RNG states are gathered).
+    `meta`: the model description (model/checkpoint_meta.py), stored as it is."""
     rng = _all_ranks(capture_rng(device))
     path = resume_path(cfg.OUTPUT_DIR)
     if distributed.is_main():
@@ -262,7 +262,7 @@ def save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch: int, text
             'text_features': {view: feats.detach().cpu() for view, feats in text_features.items()},
             'stage1_cache': os.path.join(os.path.abspath(cfg.OUTPUT_DIR), 'stage1_text_features.pt'),
             'history': [_plain_record(record) for record in history],
-            'last_checkpoint': last_checkpoint, 'config': cfg.dump(), 'meta': describe_model(cfg, model),
+            'last_checkpoint': last_checkpoint, 'config': cfg.dump(), 'meta': meta,
         }, path)
     return path
 
