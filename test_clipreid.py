@@ -12,6 +12,7 @@ from processor.test_sets import evaluate_test_sets
 from reporting.metrics_log import log_evaluation
 from utils.checkpoint import load_checkpoint_file
 from utils.errors import UserError, exit_on_user_error
+from utils.vocabulary import TEST_LOG
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
@@ -25,7 +26,7 @@ def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
 
 @exit_on_user_error
 def main(argv=None) -> dict:
-    run = Run(argv, 'Evaluate a CLIP-ReID / MSP re-ID model', 'test_log.txt', 'msp.test')
+    run = Run(argv, 'Evaluate a CLIP-ReID / MSP re-ID model', TEST_LOG, 'msp.test')
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
     weight = cfg.TEST.WEIGHT
     state, meta = load_reid_checkpoint(weight) if weight else (None, None)

@@ -14,13 +14,14 @@ from utils.checkpoint import start_or_resume
 from processor.run import Run
 from utils.device import seed_everything
 from utils.errors import exit_on_user_error
+from utils.vocabulary import TRAIN_LOG
 from reporting.visualize import write_training_curves
 
 
 @exit_on_user_error
 def main(argv=None) -> dict:
     # The run holds OUTPUT_DIR's training lock until it ends, however it ends.
-    with Run(argv, 'Train a CLIP-ReID / MSP re-ID model', 'train_log.txt', 'msp.train', training=True) as run:
+    with Run(argv, 'Train a CLIP-ReID / MSP re-ID model', TRAIN_LOG, 'msp.train', training=True) as run:
         return train(run)
 
 

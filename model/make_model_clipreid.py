@@ -10,15 +10,10 @@ from model.image_encoder import ImageEncoder, build_image_encoder
 from model.published_format import from_published, is_published_layout, refuse_cnn, strip_data_parallel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
+from utils.vocabulary import PROMPT_TEMPLATE_KEYS
 
 logger = logging.getLogger(__name__)
 
-# text view -> config key of its prompt template
-TEMPLATE_KEYS = {
-    'sky': 'PROMPT_TEMPLATE_SKY',
-    'ground': 'PROMPT_TEMPLATE_GROUND',
-    'all': 'PROMPT_TEMPLATE',
-}
 IMAGE_PREFIXES = ('image_encoder.', 'bottleneck.', 'bottleneck_proj.', 'classifier.', 'classifier_proj.')
 CLASSIFIER_PREFIXES = ('classifier.', 'classifier_proj.')
 SIE_KEY = 'image_encoder.sie_embed'
@@ -65,7 +60,7 @@ class ReIDModel(nn.Module):
         if prompt_templates:
             self.text_encoder = TextEncoder(clip_model)
             self.prompt_learners = nn.ModuleDict({
-                view: PromptLearner(num_classes, template, clip_model, config_key=f'MODEL.{TEMPLATE_KEYS[view]}')
+                view: PromptLearner(num_classes, template, clip_model, config_key=f'MODEL.{PROMPT_TEMPLATE_KEYS[view]}')
                 for view, template in prompt_templates.items()})
         else:
             self.text_encoder = None
@@ -181,12 +176,12 @@ def make_model(cfg, num_classes: int, camera_num: int, view_num: int, text_views
                load_pretrained: bool = True) -> ReIDModel:
     """Build the re-ID model; `load_pretrained=False` skips the CLIP weights (a re-ID checkpoint follows)."""
     text_views = list(dict.fromkeys(text_views))
-    unknown = [v for v in text_views if v not in TEMPLATE_KEYS]
+    unknown = [v for v in text_views if v not in PROMPT_TEMPLATE_KEYS]
     if unknown:
-        raise UserError(f"unknown text view '{unknown[0]}'; valid: {', '.join(TEMPLATE_KEYS)}")
+        raise UserError(f"unknown text view '{unknown[0]}'; valid: {', '.join(PROMPT_TEMPLATE_KEYS)}")
     name = cfg.MODEL.NAME
     clip_model = load_clip(name, cfg.MODEL.PRETRAIN_PATH) if load_pretrained else build_clip(name)
-    templates = {view: getattr(cfg.MODEL, TEMPLATE_KEYS[view]) for view in text_views}
+    templates = {view: getattr(cfg.MODEL, PROMPT_TEMPLATE_KEYS[view]) for view in text_views}
     model = ReIDModel(
         clip_model, num_classes, camera_num=camera_num, view_num=view_num,
         image_size=cfg.INPUT.SIZE_TRAIN, stride=cfg.MODEL.STRIDE_SIZE,

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from utils.vocabulary import VIEW_IDS
+from utils.vocabulary import PROMPT_TEMPLATE_KEYS, STAGE1_CACHE, VIEW_IDS
 from datasets.make_dataloader import make_ordered_loader
 from loss.supcontrast import SupConLoss
 from solver.make_optimizer import make_optimizer_stage1
@@ -28,7 +28,7 @@ from utils.errors import UserError
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 
-CACHE_NAME = 'stage1_text_features.pt'
+CACHE_NAME = STAGE1_CACHE
 
 
 def text_views_to_learn(cfg) -> list:
@@ -56,8 +56,7 @@ def stage1_items(train_items: list, view: str, train_by_view: dict | None = None
 
 
 def _template(cfg, view: str) -> str:
-    return {'all': cfg.MODEL.PROMPT_TEMPLATE, 'sky': cfg.MODEL.PROMPT_TEMPLATE_SKY,
-            'ground': cfg.MODEL.PROMPT_TEMPLATE_GROUND}[view]
+    return cfg.MODEL[PROMPT_TEMPLATE_KEYS[view]]
 
 
 def _pretrained_identity(path: str) -> dict:

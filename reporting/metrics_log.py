@@ -24,9 +24,10 @@ import torch
 
 from utils import distributed
 from utils.errors import UserError
+from utils.vocabulary import METRIC_KEYS, METRICS_JSONL
 
-FILE_NAME = 'metrics.jsonl'
-EVAL_KEYS = ('mAP', 'rank1', 'rank5', 'rank10', 'mINP', 'num_query', 'num_valid_query', 'num_gallery')
+FILE_NAME = METRICS_JSONL
+EVAL_KEYS = (*METRIC_KEYS, 'num_query', 'num_valid_query', 'num_gallery')
 
 
 def metrics_path(output_dir: str) -> str:
