@@ -1,8 +1,10 @@
-"""tools/gpu_check.sh: the no-GPU stop, the CPU quick run of every part, and the published baseline of
-tools/bench_eval.py."""
+"""benchmarks/gpu_check.sh: the no-GPU stop, the CPU quick run of every part, and the published baseline of
+benchmarks/bench_eval.py."""
 import importlib.util
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'benchmarks' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(['bash', str(ROOT / 'tools' / 'gpu_check.sh'), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_check.sh'), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')

@@ -11,10 +11,10 @@ whole MSSL recipe. Written for the first minutes on a CUDA machine (under 8 minu
                  straight run differs from the first too (non-deterministic kernels), lie within
                  10x of that run-to-run difference
   train_step     the stage-2 step of ViT-B/16 at 256x128 stride 12, batch 64, in fp32, bf16 and
-                 bf16 + torch.compile (tools/bench_train_step.py): images/s, peak memory, achieved
-                 TFLOP/s (FLOPs from tools/bench_floor.py) and its fraction of the device's matmul
-                 rate; and a stage-1 step (tools/bench_stage1.py)
-  evaluator      tools/bench_eval.py at MSSL scale (3,000 x 28,600 x 1,280-d) on the device
+                 bf16 + torch.compile (benchmarks/bench_train_step.py): images/s, peak memory, achieved
+                 TFLOP/s (FLOPs from benchmarks/bench_floor.py) and its fraction of the device's matmul
+                 rate; and a stage-1 step (benchmarks/bench_stage1.py)
+  evaluator      benchmarks/bench_eval.py at MSSL scale (3,000 x 28,600 x 1,280-d) on the device
   extraction     ViT-B/16 feature extraction images/s (fp32, bf16)
   loader         the training loader's images/s with the machine's cores on images resized to an
                  assumed MSSL-like source size, against the step rate of train_step
@@ -24,7 +24,7 @@ whole MSSL recipe. Written for the first minutes on a CUDA machine (under 8 minu
 Writes DIR/gpu_check.json and DIR/gpu_check.md (rewritten after every part, so a run cut short still
 leaves what it measured) and keeps every part's own files under DIR/work/.
 
-Usage: bash tools/gpu_check.sh --out DIR [--device cuda] [--quick] [--parts evaluator loader ...]
+Usage: bash benchmarks/gpu_check.sh --out DIR [--device cuda] [--quick] [--parts evaluator loader ...]
 """
 from __future__ import annotations
 
@@ -428,7 +428,7 @@ def part_demo(ctx) -> dict:
     out = ctx.work / 'demo'
     # The demo as a user runs it; with --quick at toy size (two epochs per stage, small images).
     overrides = short_training_overrides(ctx.args) if ctx.args.quick else ['MODEL.DEVICE', ctx.args.device]
-    env = dict(os.environ, DEMO_DATA=ctx.data, DEMO_OUT=str(out), DEMO_OPTS=' '.join(overrides))
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_DATA=ctx.data, DEMO_OUT=str(out), DEMO_OPTS=' '.join(overrides))
     start = time.perf_counter()
     done = subprocess.run(['bash', str(ROOT / 'tools' / 'demo.sh')], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=DEMO_TIMEOUT_S)
@@ -489,7 +489,7 @@ def part_projection(ctx) -> dict:
 # ------------------------------------------------------------------------------------------- driver
 
 def environment(device: torch.device, argv: list) -> dict:
-    env = {'command': ' '.join(shlex.quote(a) for a in ['bash', 'tools/gpu_check.sh', *argv]),
+    env = {'command': ' '.join(shlex.quote(a) for a in ['bash', 'benchmarks/gpu_check.sh', *argv]),
            'device': str(device), 'torch': torch.__version__, 'cuda': torch.version.cuda,
            'cudnn': torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            'python': platform.python_version(), 'platform': platform.platform(), 'cpu_count': os.cpu_count(),
@@ -576,7 +576,7 @@ def resolve(args) -> torch.device:
         raise UserError(f"--device {args.device!r} is not a device name ({error})") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UserError("no CUDA GPU is visible here (torch.cuda.is_available() is False); "
-                        "on a CPU run `bash tools/gpu_check.sh --device cpu --quick --out DIR`")
+                        "on a CPU run `bash benchmarks/gpu_check.sh --device cpu --quick --out DIR`")
     if device.type == 'cpu' and not args.quick:
         raise UserError("--device cpu runs only with --quick (the full sizes take hours on a CPU)")
     if device.type not in ('cuda', 'cpu'):

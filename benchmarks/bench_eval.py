@@ -11,7 +11,7 @@ With --baseline-queries N the baseline runs on the first N queries of each mode 
 scaled up (marked '~'); every timed step of it is linear in the number of queries.
 Metrics (mAP, CMC to max rank) are checked equal to the baseline's on the measured queries (1e-6).
 
-Usage: python tools/bench_eval.py [--num-query 3000 --num-gallery 28600 --dim 1280 ...]
+Usage: python benchmarks/bench_eval.py [--num-query 3000 --num-gallery 28600 --dim 1280 ...]
 """
 from __future__ import annotations
 
