@@ -5,8 +5,9 @@ import os
 import re
 
 from utils.errors import UserError
+from utils.vocabulary import DDC
 
-from .bases import GROUND, ReIDDataset
+from .bases import GROUND, ReIDDataset, locate_dataset_folder
 
 _NAME = re.compile(r'(-1|\d+)_c(\d+)s\d+_')
 
@@ -24,15 +25,18 @@ def parse_market_name(filename: str) -> tuple[int, int, int]:
 
 
 class Market1501(ReIDDataset):
-    """Market-1501 under `root`: bounding_box_train, query, bounding_box_test (all cameras ground)."""
+    """Market-1501: bounding_box_train, query, bounding_box_test (all cameras ground) in
+    DATASETS.ROOT_DIR itself or in ROOT_DIR/Market-1501-v15.09.15 (CLIP-ReID's layout)."""
 
     name = 'market1501'
-    protocol_names = ('DDC',)
+    protocol_names = (DDC,)
     parse_name = staticmethod(parse_market_name)
 
     def __init__(self, root: str):
         super().__init__(root)
+        self.root, _ = locate_dataset_folder(self.root, ('', 'Market-1501-v15.09.15'), ('bounding_box_train',),
+                                             'Market-1501')
         train = self._read_split('bounding_box_train')
         query = self._read_split('query')
         gallery = self._read_split('bounding_box_test')
-        self._finish(train, query, gallery, {'DDC': (query, gallery)})
+        self._finish(train, query, gallery, {DDC: (query, gallery)})

@@ -64,7 +64,7 @@ def test_seed_yaml_snippet_pasted_as_written(tmp_path):
     (['MODEL.I2T_TEXT_VIEWS', "('air', 'sky', 'all')"], 'MODEL.I2T_TEXT_VIEWS'),
     (['INPUT.RE_PROB', '1.5'], 'INPUT.RE_PROB'),
     (['SOLVER.STAGE2.STEPS', '[50, 30]'], 'SOLVER.STAGE2.STEPS'),
-    (['DATASETS.NAMES', 'dukemtmc'], 'DATASETS.NAMES'),
+    (['DATASETS.NAMES', 'cuhk03'], 'DATASETS.NAMES'),
     (['MODEL.PROMPT_TEMPLATE_SKY', 'A sky photo of a person.'], 'MODEL.PROMPT_TEMPLATE_SKY'),
     (['MODEL.DEVICE', 'gpu'], 'MODEL.DEVICE'),
     (['OUTPUT_DIR'], 'OUTPUT_DIR'),
