@@ -239,7 +239,7 @@ def write_occ_duke(out: str, train_ids: int, test_ids: int, seed: int) -> None:
 
 def write_msmt17(out: str, train_ids: int, test_ids: int, seed: int) -> None:
     """MSMT17 (V1 layout) in OUT/MSMT17: train/<id>/ and test/<id>/, list_train.txt, list_val.txt (one
-    more image of some training identities), list_query.txt, list_gallery.txt. Identities are numbered
+    more image of each training identity), list_query.txt, list_gallery.txt. Identities are numbered
     from 0 in train and again in test, as in the release."""
     paint, folder = _Painter(seed), os.path.join(out, 'MSMT17')
     lists = {'list_train.txt': [], 'list_val.txt': [], 'list_query.txt': [], 'list_gallery.txt': []}
@@ -252,8 +252,7 @@ def write_msmt17(out: str, train_ids: int, test_ids: int, seed: int) -> None:
     for pid in range(train_ids):
         for frame in range(4):
             save('train', 'list_train.txt', pid, 1 + (pid + frame) % 15, frame, pid)
-        if pid % 2 == 0:
-            save('train', 'list_val.txt', pid, 1 + (pid + 7) % 15, 4, pid)
+        save('train', 'list_val.txt', pid, 1 + (pid + 7) % 15, 4, pid)
     for frame, (pid, split, camera) in enumerate(_single_view_test_shots(test_ids, 15)):
         save('test', f'list_{split}.txt', pid, camera, 10 + frame, 1000 + pid)
     for list_file, lines in lists.items():
