@@ -39,6 +39,15 @@ _CAMERA_NAMES = {
     'mssl': lambda camid: f'c{camid + 1:02d}',
     'market1501': lambda camid: f'c{camid + 1}',
     'agreid': lambda camid: f'C{camid}',
+    'msmt17': lambda camid: f'c{camid + 1:02d}',
+    'dukemtmcreid': lambda camid: f'c{camid + 1}',
+    'occ_duke': lambda camid: f'c{camid + 1}',
+    'veri': lambda camid: f'c{camid + 1:03d}',
+}
+# View names of the datasets whose views are not sky and ground (VehicleID has one unnamed view).
+_VIEW_NAMES = {
+    'veri': lambda viewid: f'viewpoint {viewid}',
+    'vehicleid': lambda viewid: '',
 }
 
 
@@ -46,8 +55,8 @@ def camera_name(dataset_name: str, camid: int) -> str:
     return _CAMERA_NAMES.get(dataset_name, lambda c: f'cam{c}')(int(camid))
 
 
-def view_name(viewid: int) -> str:
-    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
+def view_name(viewid: int, dataset_name: str = '') -> str:
+    return _VIEW_NAMES.get(dataset_name, lambda v: VIEW_NAMES.get(v, f'view{v}'))(int(viewid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +153,7 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
         if camid < 0 and viewid < 0:
             return [prefix.strip(), second]
         cam = camera_name(dataset_name, camid) if camid >= 0 else '?'
-        view = view_name(viewid) if viewid >= 0 else '?'
+        view = view_name(viewid, dataset_name) if viewid >= 0 else '?'
         return [f"{prefix}{cam} {view}", second]
 
     def identity(columns: dict, index: int) -> str:
