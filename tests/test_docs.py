@@ -231,7 +231,8 @@ def test_untested_commands_name_real_scripts_flags_and_keys():
         flags = [arg.split('=')[0] for arg in args if arg.startswith('--')]
         if flags:
             help_text = accepted_flags(script)
-            problems += [f'{command}: {script} has no flag {flag}' for flag in flags if flag not in help_text]
+            problems += [f'{command}: {script} has no flag {flag}' for flag in flags
+                         if not re.search(rf'(?<![\w-]){re.escape(flag)}(?![\w-])', help_text)]
         if '--config_file' in args:
             position = args.index('--config_file')
             opts = [arg for arg in args[position + 2:] if not arg.startswith('-') and arg != '...']
