@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,21 @@ def locate_dataset_folder(root: str, folders: tuple[str, ...], markers: tuple[st
                 return os.path.join(root, folder) if folder else root, marker
     expected = ' or '.join(os.path.join(root, folder, markers[0]) for folder in folders)
     raise UserError(f"DATASETS.ROOT_DIR '{root}' holds no {dataset} dataset: expected {expected}")
+
+
+def parse_pid_camera(filename: str, pattern: re.Pattern, dataset: str, example: str,
+                     num_cameras: int | None = None) -> tuple[int, int]:
+    """(pid, 0-based camid) of a file name `<pid>_c<camera>...` that `pattern` (groups: pid, camera)
+    matches from its start; pid -1 marks junk. Cameras count from c1, up to `num_cameras` when given."""
+    name = os.path.basename(filename)
+    match = pattern.match(name)
+    if match is None:
+        raise UserError(f"{dataset} file name '{name}' does not look like {example}")
+    camera = int(match.group(2))
+    if camera < 1 or (num_cameras is not None and camera > num_cameras):
+        known = f"c1-c{num_cameras}" if num_cameras is not None else 'from c1'
+        raise UserError(f"{dataset} file name '{name}' has the unknown camera c{camera} (known: {known})")
+    return int(match.group(1)), camera - 1
 
 
 def read_labelled_list(list_path: str, dataset: str) -> list[tuple[str, int]]:

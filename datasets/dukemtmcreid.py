@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 import re
 
-from utils.errors import UserError
 from utils.vocabulary import DDC, SAME_CAMERA
 
-from .bases import GROUND, ReIDDataset, locate_dataset_folder
+from .bases import GROUND, ReIDDataset, locate_dataset_folder, parse_pid_camera
 from .protocols import Protocol
 
 NUM_CAMERAS = 8
@@ -16,14 +15,8 @@ _NAME = re.compile(r'(-1|\d+)_c(\d)')
 
 def parse_duke_name(filename: str) -> tuple[int, int, int]:
     """(pid, camid, viewid) of a name like `0001_c2_f0046182.jpg` (one camera digit, c1-c8)."""
-    name = os.path.basename(filename)
-    match = _NAME.match(name)
-    if match is None:
-        raise UserError(f"DukeMTMC-reID file name '{name}' does not look like 0001_c2_f0046182.jpg")
-    camera = int(match.group(2))
-    if not 1 <= camera <= NUM_CAMERAS:
-        raise UserError(f"DukeMTMC-reID file name '{name}' has the unknown camera c{camera} (known: c1-c{NUM_CAMERAS})")
-    return int(match.group(1)), camera - 1, GROUND
+    pid, camid = parse_pid_camera(filename, _NAME, 'DukeMTMC-reID', '0001_c2_f0046182.jpg', NUM_CAMERAS)
+    return pid, camid, GROUND
 
 
 class DukeMTMCreID(ReIDDataset):

@@ -7,7 +7,7 @@ import re
 from utils.errors import UserError
 from utils.vocabulary import DDC, SAME_CAMERA
 
-from .bases import ReIDDataset, locate_dataset_folder
+from .bases import ReIDDataset, locate_dataset_folder, parse_pid_camera
 from .protocols import Item, Protocol
 
 NUM_CAMERAS = 20
@@ -21,14 +21,8 @@ _NAME = re.compile(r'(-1|\d+)_c(\d+)')
 def parse_veri_name(filename: str) -> tuple[int, int, int]:
     """(pid, camid, viewid) of a name like `0002_c002_00030600_0.jpg`; pid -1 marks junk. The view is
     the single view; read_viewpoints gives the annotated ones."""
-    name = os.path.basename(filename)
-    match = _NAME.match(name)
-    if match is None:
-        raise UserError(f"VeRi-776 file name '{name}' does not look like 0002_c002_00030600_0.jpg")
-    camera = int(match.group(2))
-    if not 1 <= camera <= NUM_CAMERAS:
-        raise UserError(f"VeRi-776 file name '{name}' has the unknown camera c{camera} (known: c1-c{NUM_CAMERAS})")
-    return int(match.group(1)), camera - 1, SINGLE_VIEW
+    pid, camid = parse_pid_camera(filename, _NAME, 'VeRi-776', '0002_c002_00030600_0.jpg', NUM_CAMERAS)
+    return pid, camid, SINGLE_VIEW
 
 
 def read_viewpoints(path: str) -> dict[str, int]:
