@@ -88,7 +88,8 @@ def read_labelled_list(list_path: str, dataset: str) -> list[tuple[str, int]]:
             if not fields:
                 continue
             if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
-                raise UserError(f"{list_path} line {number}: expected '<image> <identity number>', got {line.strip()!r}")
+                raise UserError(f"{list_path} line {number}: expected '<image> <identity number>', "
+                                f"got {line.strip()!r}")
             entries.append((fields[0], int(fields[1])))
     if not entries:
         raise UserError(f"list file '{list_path}' names no images")

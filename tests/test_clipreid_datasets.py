@@ -27,6 +27,8 @@ TRAIN_IDS, TEST_IDS = 4, 3
 # num_valid_q, read when it returns). VeRi: with the fixture's keypoint files copied into datasets/ of
 # the working folder, where CLIP-ReID reads them. VehicleID: run under `python -O`, which skips its
 # asserts that the lists hold 13,164 training and exactly 800 / 1,600 / 2,400 test vehicles.
+CLIP_REID_TERMS = ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)",
+                   'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)']
 CLIPREID_COUNTS = {
     'market1501': ({'train': (4, 16, 6, 1), 'query': (3, 3, 3, 1), 'gallery': (4, 8, 4, 1)}, 2),
     'msmt17': ({'train': (4, 20, 11, 1), 'query': (3, 3, 3, 1), 'gallery': (3, 7, 4, 1)}, 2),
@@ -96,7 +98,8 @@ def test_vehicleid_draws_one_gallery_image_per_vehicle_from_the_seed(fixture_cop
     root = fixture_copy('vehicleid')
 
     def draws(seed):
-        dataset = init_dataset('vehicleid', root, DatasetOptions(vehicleid_test_size=1600, vehicleid_trials=3, seed=seed))
+        options = DatasetOptions(vehicleid_test_size=1600, vehicleid_trials=3, seed=seed)
+        dataset = init_dataset('vehicleid', root, options)
         return [tuple(item[0] for item in dataset.eval_split(p)[1]) for p in dataset.supported_modes], dataset
 
     first, dataset = draws(1)
@@ -162,9 +165,8 @@ def test_duke_and_market_read_clipreids_folders_or_the_dataset_folder_itself(fix
 def test_a_missing_list_file_is_one_error_line_naming_it(fixture_copy, tmp_path, capsys, name, removed, config):
     root = fixture_copy(name)
     os.remove(os.path.join(root, removed))
-    terms = ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)", 'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)']
     line = fails(train_main, ['DATASETS.NAMES', name, 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', str(tmp_path / 'out'),
-                              *terms, *config], capsys)
+                              *CLIP_REID_TERMS, *config], capsys)
     assert f"'{os.path.join(root, removed)}' does not exist" in line
 
 
@@ -183,7 +185,7 @@ def test_bad_list_lines_and_missing_images_name_the_file(fixture_copy):
 
 
 def test_vehicle_datasets_choose_the_vehicle_prompt_and_refuse_sky_ground_terms():
-    clip_reid = ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)", 'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)']
+    clip_reid = CLIP_REID_TERMS
     for name in ('veri', 'vehicleid', 'VehicleID'):
         cfg = load_config('', ['DATASETS.NAMES', name, *clip_reid])
         assert cfg.MODEL.PROMPT_TEMPLATE == 'A photo of a X X X X vehicle.'
@@ -193,7 +195,8 @@ def test_vehicle_datasets_choose_the_vehicle_prompt_and_refuse_sky_ground_terms(
     for name in ('market1501', 'msmt17', 'dukemtmc', 'occ_duke', 'mssl'):
         assert load_config('', ['DATASETS.NAMES', name]).MODEL.PROMPT_TEMPLATE == 'A photo of a X X X X person.'
     assert load_config('', ['DATASETS.NAMES', 'dukemtmc']).DATASETS.NAMES == 'dukemtmcreid'
-    chosen = load_config('', ['DATASETS.NAMES', 'veri', 'MODEL.PROMPT_TEMPLATE', 'A photo of a X X X X car.', *clip_reid])
+    chosen = load_config('', ['DATASETS.NAMES', 'veri', 'MODEL.PROMPT_TEMPLATE', 'A photo of a X X X X car.',
+                              *clip_reid])
     assert chosen.MODEL.PROMPT_TEMPLATE == 'A photo of a X X X X car.'
     # terms of weight 0 are not used, whatever views they name
     no_text = load_config('', ['DATASETS.NAMES', 'veri', 'MODEL.I2T_LOSS_WEIGHTS', '(0.0, 0.0, 0.0)'])

@@ -8,9 +8,9 @@ import pytest
 
 from datasets import init_dataset
 from datasets.fixtures import generate
-from test_clipreid import main as test_main
+import test_clipreid
+import train_clipreid
 from tests.helpers import ROOT, TINY_OPTS, run_script, tiny_opts
-from train_clipreid import main as train_main
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ CLIPREID_MARKET = ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', 
 def test_clipreid_dataset_trains_and_evaluates_with_its_config(tmp_path, name, config, model, extra):
     root = generate(name, str(tmp_path / 'data'), train_ids=4, test_ids=3)
     out = tmp_path / 'train'
-    train_main(['--config_file', config, *tiny_shapes(name, root, out, model), *extra])  # in-process: faster
+    train_clipreid.main(['--config_file', config, *tiny_shapes(name, root, out, model), *extra])  # in-process: faster
     read_results(out, ['DDC'])
     assert (out / f'{model}_1.pth').is_file()
     stage1_ran = 'Stage 1 [all]' in (out / 'train_log.txt').read_text()
@@ -136,10 +136,11 @@ def test_vehicleid_reports_the_mean_and_std_over_its_gallery_draws(tmp_path):
     root = generate('vehicleid', str(tmp_path / 'data'), train_ids=4, test_ids=3)
     out = tmp_path / 'train'
     draws = ['TEST.VEHICLEID_TRIALS', '3', 'DATASETS.VEHICLEID_TEST_SIZE', '1600']
-    train_main(['--config_file', 'configs/VehicleID/vit_clipreid.yml', *tiny_shapes('vehicleid', root, out), *draws])
+    train_clipreid.main(['--config_file', 'configs/VehicleID/vit_clipreid.yml', *tiny_shapes('vehicleid', root, out),
+                         *draws])
     tested = tmp_path / 'test'
-    test_main(['--config_file', 'configs/VehicleID/vit_clipreid.yml', 'TEST.WEIGHT', str(out / 'ViT-Tiny-16_1.pth'),
-               *tiny_shapes('vehicleid', root, tested), *draws])
+    test_clipreid.main(['--config_file', 'configs/VehicleID/vit_clipreid.yml', 'TEST.WEIGHT',
+                        str(out / 'ViT-Tiny-16_1.pth'), *tiny_shapes('vehicleid', root, tested), *draws])
     trials = read_results(tested, ['trial1', 'trial2', 'trial3'])
     summary = json.loads((tested / 'results_trials.json').read_text())
     assert summary['members'] == ['trial1', 'trial2', 'trial3']

@@ -137,7 +137,7 @@ def test_a_summary_is_the_mean_and_sample_std_of_its_members():
     assert trials['mAP'] == pytest.approx(0.6) and trials['std']['mAP'] == pytest.approx(0.1)  # n - 1
     assert trials['rank5'] == 1.0 and trials['std']['rank5'] == 0.0
     assert trials['num_query'] == 6 and list(trials['cmc']) == pytest.approx([0.3, 1.0])
-    assert results_table(summaries).splitlines()[-1] == (
-        '| trials (mean ± std of 3) | 60.0 ± 10.0 | 30.0 ± 10.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 60.0 ± 10.0 | 6 | 3 |')
+    assert results_table(summaries).splitlines()[-1] == ('| trials (mean ± std of 3) | 60.0 ± 10.0 | 30.0 ± 10.0 | '
+                                                         '100.0 ± 0.0 | 100.0 ± 0.0 | 60.0 ± 10.0 | 6 | 3 |')
     single = summarize_protocols({'trial1': run(0.5, 0.2)}, {'trials': ('trial1',)})['trials']
     assert single['std']['mAP'] is None and '| 50.0 |' in results_table({'trials': single})
