@@ -48,6 +48,9 @@ PROJ_KEY = 'image_encoder.proj'
 RESNET_WIDTH_KEY = 'image_encoder.attnpool.k_proj.weight'
 RESNET_PROJ_KEY = 'image_encoder.attnpool.c_proj.weight'
 
+# The camera count of datasets whose cameras are fixed (a checkpoint's SIE table is split with it).
+DATASET_CAMERAS = {'mssl': 15, 'agreid': 4, 'market1501': 6, 'veri': 20}
+
 REQUIRED_KEYS = ('format', 'arch', 'width', 'embed_dim', 'feature_dim', 'num_classes', 'camera_num', 'view_num',
                  'image_size', 'stride', 'sie_camera', 'sie_view', 'sie_coe', 'neck_feat', 'pixel_mean',
                  'pixel_std', 'interpolation')
@@ -170,23 +173,25 @@ def meta_from_config(cfg, state_dict: dict, what: str) -> dict:
     """A meta for a checkpoint without one: settings from `cfg`, counts from the weights' shapes.
 
     The identity count comes from the classifier, the camera and view counts from the SIE table and
-    the config (a table of cameras x views rows is split with the dataset's view count: its class's
-    `num_train_views`, 2 for the sky/ground datasets); the patch grid must fit INPUT.SIZE_TRAIN and
-    MODEL.STRIDE_SIZE.
+    the config (a table of cameras x views rows is split with the dataset's camera count where it is
+    fixed, DATASET_CAMERAS, else with its view count: its class's `num_train_views`, 2 for the
+    sky/ground datasets); the patch grid must fit INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE.
     """
     width, embed_dim, patch = _tower_sizes(cfg, state_dict, what)
     num_classes = int(state_dict[CLASSIFIER_KEY].shape[0]) if CLASSIFIER_KEY in state_dict else 0
     dataset = cfg.DATASETS.NAMES
     view_num = int(getattr(FACTORY.get(dataset), 'num_train_views', 2))
-    default_cameras = {'mssl': 15, 'agreid': 4, 'market1501': 6}.get(dataset, 0)
-    camera_num = default_cameras
+    camera_num = DATASET_CAMERAS.get(dataset, 0)
     if SIE_KEY in state_dict:
         rows = int(state_dict[SIE_KEY].shape[0])
         if cfg.MODEL.SIE_CAMERA and cfg.MODEL.SIE_VIEW:
-            if rows % view_num:
+            if camera_num and rows % camera_num == 0:  # e.g. VeRi-776: 20 cameras x its viewpoints
+                view_num = rows // camera_num
+            elif rows % view_num:
                 raise UserError(f"{what}: its SIE table has {rows} rows, not cameras x {view_num} views; pass "
                                 f"the MODEL.SIE_CAMERA / MODEL.SIE_VIEW it was trained with")
-            camera_num = rows // view_num
+            else:
+                camera_num = rows // view_num
         elif cfg.MODEL.SIE_CAMERA:
             camera_num = rows
         elif cfg.MODEL.SIE_VIEW:
