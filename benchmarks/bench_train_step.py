@@ -53,6 +53,7 @@ from solver.make_optimizer import make_optimizer_stage2  # noqa: E402
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 REFERENCE = 'sdpa fp32'
 CLIPREID_CODE = 'clipreid-code'
+PAIRED = 'paired'  # the worker that alternates the trainer's step and CLIP-ReID's in one process
 CLIPREID_MODELS = ('RN50', 'ViT-B-16')  # the names CLIP-ReID's model code builds
 CPU_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32 +per-param-groups', 'sdpa fp32',
                 'sdpa fp32 +channels_last', 'sdpa bf16', 'sdpa bf16 +compile')
@@ -276,6 +277,28 @@ def worker(spec: dict) -> dict:
     return result
 
 
+def paired_worker(spec: dict) -> dict:
+    """The trainer's step (sdpa fp32) and CLIP-ReID's code's step in this one process, alternating step by
+    step (the order swapped every round), so that both see the same machine load; the fastest of each."""
+    device = torch.device(spec['device'])
+    ours, _, _ = make_step({**spec, 'variant': REFERENCE})
+    theirs = make_clipreid_step({**spec, 'variant': CLIPREID_CODE}, device)
+    steps = {'ours': ours, 'clipreid_code': theirs}
+    for step in steps.values():
+        step()  # warm-up
+    walls = {name: [] for name in steps}
+    for round_ in range(spec['steps']):
+        for name in (list(steps) if round_ % 2 == 0 else list(steps)[::-1]):
+            sync(device)
+            start = time.perf_counter()
+            steps[name]()
+            sync(device)
+            walls[name].append(time.perf_counter() - start)
+    best = {name: min(times) for name, times in walls.items()}
+    return {'ours_step_s': best['ours'], 'clipreid_code_step_s': best['clipreid_code'],
+            'speedup': best['clipreid_code'] / best['ours'], 'walls': walls}
+
+
 def clipreid_code_available(args) -> str | None:
     """None when CLIP-ReID's model code can be timed, else why not."""
     if not args.clipreid_repo:
@@ -309,7 +332,8 @@ def main(argv=None):
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(paired_worker(spec) if spec['variant'] == PAIRED else worker(spec)))
         return
 
     device = torch.device(args.device)
@@ -353,6 +377,10 @@ def main(argv=None):
     for path in scratch.iterdir():
         path.unlink()
     scratch.rmdir()
+    paired = None
+    if clipreid_note is None:
+        paired = run_worker(str(Path(__file__).resolve()), {**spec, 'variant': PAIRED, 'steps': max(steps, 3)},
+                            2 * args.timeout)
 
     reference = features[REFERENCE]
     scale = float(np.abs(reference).max())
@@ -378,8 +406,13 @@ def main(argv=None):
     print("images/s and step ms: the fastest timed step; CPU share: process CPU time / (wall time x threads) "
           "over the timed steps (below 100%: other processes competed)")
     print("feat rel diff: max |feature - sdpa fp32 feature| / max |sdpa fp32 feature|, first step's forward")
+    if paired:
+        rounds = len(paired['walls']['ours'])
+        print(f"same process, alternating for {rounds} rounds: the trainer's step (sdpa fp32) "
+              f"{paired['ours_step_s'] * 1e3:.0f} ms, CLIP-ReID's code {paired['clipreid_code_step_s'] * 1e3:.0f} ms: "
+              f"{paired['speedup']:.2f}x (fastest step of each)")
     write_report(args.out, {'args': vars(args), 'batch': batch, 'steps': steps, 'machine': info,
-                            'load_average_at_end': os.getloadavg(), 'rows': rows})
+                            'load_average_at_end': os.getloadavg(), 'rows': rows, 'paired': paired})
 
 
 if __name__ == '__main__':
