@@ -183,6 +183,12 @@ def test_a_checkpoint_of_the_other_backbone_names_model_name(weights, name):
         case_model(name).load_image_state_dict(checkpoint(weights), for_test=True)
 
 
+def test_a_resnet_checkpoint_of_another_input_size_names_the_size():
+    with pytest.raises(UserError, match=r'256 positions in image_encoder.attnpool.positional_embedding, the model 128 '
+                                        r'\(16x8\): pass the INPUT.SIZE_TRAIN it was trained with$'):
+        case_model('rn50_person').load_image_state_dict(checkpoint('rn50_vehicle'), for_test=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Every way in: test_clipreid.py (TEST.WEIGHT), load_reid_model, search, ONNX export, conversion
 # ---------------------------------------------------------------------------------------------
