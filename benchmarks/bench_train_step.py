@@ -20,7 +20,8 @@ seeded weights and batch; the forward features of the first step are compared wi
                    it (fp16 autocast on CUDA, fp32 on CPU), on the same CLIP weights and batch
 
 Every other variant runs the trainer's own step, processor/stage2.py::train_step, with its Stage2Criterion.
---objective clipreid: CLIP-ReID's stage-2 loss (one image-to-text term) instead of MSP's two terms.
+--objective clipreid: CLIP-ReID's stage-2 loss (one image-to-text term) instead of MSP's two terms, and
+no SIE (its configs leave it off; a ResNet never has it).
 
 Usage: python benchmarks/bench_train_step.py [--model ViT-B-16 --batch 8 --steps 3 --out bench_train_step.json]
        python benchmarks/bench_train_step.py --model RN50 --objective clipreid --clipreid-repo ../CLIP-ReID
@@ -115,6 +116,12 @@ def is_resnet(model_name: str) -> bool:
     return image_tower_family(model_name) == RESNET_FAMILY
 
 
+def uses_side_info(spec: dict) -> bool:
+    """MSP's camera x view SIE on a ViT; none on a ResNet (as in CLIP-ReID) or with CLIP-ReID's objective
+    (its configs leave SIE off)."""
+    return spec['objective'] == 'msp' and not is_resnet(spec['model'])
+
+
 def make_batch(spec: dict, embed_dim: int, cameras: int, device: torch.device) -> dict:
     """The seeded batch and stand-in text features every variant trains on."""
     generator = torch.Generator().manual_seed(1)
@@ -138,7 +145,7 @@ def make_step(spec: dict):
     torch.manual_seed(0)
     clip = build_clip(spec['model'])
     cameras, views = 15, 2
-    side_info = not is_resnet(spec['model'])  # a ResNet has no SIE (as in CLIP-ReID)
+    side_info = uses_side_info(spec)
     model = ReIDModel(clip, spec['num_classes'], camera_num=cameras, view_num=views,
                       image_size=spec['size'], stride=spec['stride'], sie_camera=side_info, sie_view=side_info,
                       sie_coe=0.5, model_name=spec['model']).to(device).train()
@@ -209,7 +216,7 @@ def make_clipreid_step(spec: dict, device: torch.device):
 
     clipreid_model.load_clip_to_cpu = random_clip
     cfg = clipreid_defaults.clone()
-    side_info = not is_resnet(spec['model'])
+    side_info = uses_side_info(spec)
     cfg.merge_from_list([
         'MODEL.NAME', spec['model'], 'INPUT.SIZE_TRAIN', list(spec['size']), 'MODEL.STRIDE_SIZE', list(spec['stride']),
         'MODEL.SIE_CAMERA', side_info, 'MODEL.SIE_VIEW', side_info, 'MODEL.SIE_COE', 0.5,
@@ -355,7 +362,8 @@ def main(argv=None):
         geometry = f"last-stage map {args.size[0] // 16}x{args.size[1] // 16}, no SIE"
     else:
         grid = [(s - 16) // t + 1 for s, t in zip(args.size, args.stride)]
-        geometry = f"stride {args.stride} ({grid[0]}x{grid[1]}+1 = {grid[0] * grid[1] + 1} tokens)"
+        geometry = (f"stride {args.stride} ({grid[0]}x{grid[1]}+1 = {grid[0] * grid[1] + 1} tokens), "
+                    f"{'camera x view SIE' if args.objective == 'msp' else 'no SIE'}")
     print(f"stage-2 step ({args.objective} loss), {args.model} random init, {args.size[0]}x{args.size[1]} {geometry}, "
           f"batch {batch}, {steps} timed steps after {args.warmup} warm-up (2 with +compile); "
           f"{describe_machine(info)}", flush=True)
