@@ -320,7 +320,7 @@ def test_convert_a_clipreid_checkpoint_both_ways(reference, reference_archs, tmp
 
 @pytest.mark.parametrize('weights, name', [('rn50_person', 'vit_person_sie'), ('vit_person_sie', 'rn50_person')])
 def test_test_clipreid_refuses_the_other_backbone_in_one_line(reference_archs, tmp_path, capsys, weights, name):
-    from helpers import fails
+    from tests.helpers import fails
     config, *opts = user_options(name)
     line = fails(test_clipreid.main, [
         '--config_file', config, *opts, 'TEST.WEIGHT', str(REF / f'{weights}.pth'), 'MODEL.DEVICE', 'cpu',
