@@ -2,6 +2,8 @@
 how): its released checkpoint kinds (RN50 and ViT-B/16, with and without SIE, person and vehicle) give
 its test features here, through every way in, and one RN50 stage-2 step of its trainer is this
 project's step."""
+import json
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,10 +14,21 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+import processor.stage2 as stage2
+import search_clipreid
 import test_clipreid
+from config import _merge_opts, _merge_yaml, get_defaults, load_config
 from datasets.transforms import build_transforms
-from model import clip_loader
+from loss.make_loss import image_to_text_loss, stage2_loss
+from model import clip_loader, make_model, resnet_encoder
+from model.checkpoint_meta import meta_from_config
+from model.feature_api import FeatureExtractor, build_model, load_reid_model
 from model.make_model_clipreid import ReIDModel
+from model.published_format import from_published
+from solver.make_optimizer import make_optimizer_stage2
+from solver.scheduler import WarmupMultiStepLR, begin_epoch
+from tests.helpers import fails
+from tools import convert_published, export_onnx
 from utils.errors import UserError
 
 REF = Path(__file__).parent / 'data' / 'clipreid_reference'
@@ -137,7 +150,6 @@ def test_resnet_checkpoint_with_an_unused_sie_table(reference, caplog):
 @pytest.mark.parametrize('change', ['stride-2 last stage', 'unresized positions', 'attention pool query'])
 def test_the_resnet_fixture_catches_a_wrong_build(reference, change, monkeypatch):
     """The RN50 fixture is sensitive to what CLIP-ReID changes in CLIP's ResNet."""
-    from model import resnet_encoder
     model = case_model('rn50_person')
     model.load_image_state_dict(checkpoint('rn50_person'), for_test=True)
     encoder = model.image_encoder
@@ -237,7 +249,6 @@ def test_test_clipreid_with_a_clipreid_checkpoint(reference, reference_archs, tm
 
 @pytest.mark.parametrize('name', ['rn50_person', 'rn50_vehicle', 'vit_person_sie'])
 def test_load_reid_model_with_a_clipreid_checkpoint(reference, reference_archs, name):
-    from model.feature_api import FeatureExtractor, load_reid_model
     config, *opts = user_options(name)
     model = load_reid_model(str(REF / f'{name}.pth'), device='cpu', config_file=config, opts=opts)
     extract = FeatureExtractor(model, normalize=False)
@@ -248,10 +259,6 @@ def test_load_reid_model_with_a_clipreid_checkpoint(reference, reference_archs, 
 def test_a_vehicle_sie_table_is_split_by_the_cameras_of_veri(reference, reference_archs):
     """A cameras x viewpoints table of a VeRi-776 model (20 cameras, 8 viewpoints): its description from the
     config splits it with VeRi's 20 cameras."""
-    from config import _merge_opts, _merge_yaml, get_defaults
-    from model.checkpoint_meta import meta_from_config
-    from model.feature_api import FeatureExtractor, build_model
-    from model.published_format import from_published
     cfg = get_defaults()
     config, *opts = user_options('vit_vehicle_sie', dataset='veri')
     _merge_yaml(cfg, config)
@@ -270,7 +277,6 @@ def test_a_vehicle_sie_table_is_split_by_the_cameras_of_veri(reference, referenc
 @pytest.mark.parametrize('name', ['rn50_person', 'vit_person_sie'])
 def test_search_with_a_clipreid_checkpoint(reference, reference_archs, tmp_path, name):
     """search_clipreid.py reads the cameras from Market-1501 names; its features are CLIP-ReID's, normalised."""
-    import search_clipreid
     config, *opts = user_options(name)
     out = tmp_path / 'search'
     search_clipreid.main(['--weight', str(REF / f'{name}.pth'), '--query', str(MARKET / 'query'),
@@ -286,7 +292,6 @@ def test_search_with_a_clipreid_checkpoint(reference, reference_archs, tmp_path,
 @pytest.mark.parametrize('name, side', [('rn50_person', []), ('vit_person_sie', ['--side', 'inputs'])])
 def test_onnx_export_of_a_clipreid_checkpoint(reference, reference_archs, tmp_path, name, side):
     import onnxruntime as ort
-    from tools import export_onnx
     config, *opts = user_options(name)
     path = tmp_path / 'reid.onnx'
     result = export_onnx.main(['--weight', str(REF / f'{name}.pth'), '--output', str(path), '--raw-features',
@@ -301,8 +306,6 @@ def test_onnx_export_of_a_clipreid_checkpoint(reference, reference_archs, tmp_pa
 
 @pytest.mark.parametrize('name', ['rn50_person', 'vit_person_sie'])
 def test_convert_a_clipreid_checkpoint_both_ways(reference, reference_archs, tmp_path, name):
-    from model.feature_api import FeatureExtractor, load_reid_model
-    from tools import convert_published
     config, *opts = user_options(name)
     project, published = tmp_path / 'project.pth', tmp_path / 'published.pth'
     convert_published.main(['--to', 'project', '--weight', str(REF / f'{name}.pth'), '--output', str(project),
@@ -320,7 +323,6 @@ def test_convert_a_clipreid_checkpoint_both_ways(reference, reference_archs, tmp
 
 @pytest.mark.parametrize('weights, name', [('rn50_person', 'vit_person_sie'), ('vit_person_sie', 'rn50_person')])
 def test_test_clipreid_refuses_the_other_backbone_in_one_line(reference_archs, tmp_path, capsys, weights, name):
-    from tests.helpers import fails
     config, *opts = user_options(name)
     line = fails(test_clipreid.main, [
         '--config_file', config, *opts, 'TEST.WEIGHT', str(REF / f'{weights}.pth'), 'MODEL.DEVICE', 'cpu',
@@ -362,11 +364,6 @@ class _OneBatchLoader:
 def stage2_step(tmp_path_factory):
     """train_stage2 (configs/person/cnn_clipreid.yml, one epoch of the reference batch) from the RN50
     checkpoint, recording what the reference recorded."""
-    import json
-    import logging
-    import processor.stage2 as stage2
-    from config import load_config
-    from model import make_model
     ref = dict(np.load(REF / 'clipreid_reference.npz', allow_pickle=False))
     notes = json.loads((REF / 'clipreid_reference.json').read_text())['step']
     out = tmp_path_factory.mktemp('stage2')
@@ -457,9 +454,6 @@ def test_rn50_stage2_updates_from_clipreids_gradients_are_clipreids(stage2_step)
     """This project's optimizer and schedule (two groups, epoch 1), given CLIP-ReID's gradients, make
     CLIP-ReID's updates. (Adam's first update is about lr x the sign of gradient + decay x weight, so
     from this project's own gradients an element whose gradient is at the level of rounding may differ.)"""
-    from config import load_config
-    from solver.make_optimizer import make_optimizer_stage2
-    from solver.scheduler import WarmupMultiStepLR, begin_epoch
     ref, notes = stage2_step['ref'], stage2_step['notes']
     solver = load_config(str(ROOT / 'configs/person/cnn_clipreid.yml')).SOLVER.STAGE2
     start = checkpoint('rn50_person')
@@ -482,10 +476,6 @@ def test_rn50_stage2_updates_from_clipreids_gradients_are_clipreids(stage2_step)
 def test_rn50_stage2_gradients_in_float64_are_clipreids(stage2_step):
     """The same forward, loss and backward in float64 (no fp32 rounding to hide behind): every gradient
     equals CLIP-ReID's float64 one to its float32 storage."""
-    from config import load_config
-    from loss.make_loss import image_to_text_loss, stage2_loss
-    from processor.stage2 import build_criterion
-    from model import make_model
     ref, notes = stage2_step['ref'], stage2_step['notes']
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(clip_loader, 'supported_models', lambda: [RN_ARCH, VIT_ARCH])
@@ -494,7 +484,7 @@ def test_rn50_stage2_gradients_in_float64_are_clipreids(stage2_step):
     model.load_image_state_dict(checkpoint('rn50_person'), for_test=False)
     model.double().train()
     text = torch.from_numpy(ref['step/text_features']).double()
-    criterion = build_criterion(cfg, notes['num_classes'], {'all': text})
+    criterion = stage2.build_criterion(cfg, notes['num_classes'], {'all': text})
     images = torch.stack([TF.normalize(TF.to_tensor(image).double(), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
                           for image in ref['step/images_resized_uint8']])
     labels = torch.from_numpy(ref['step/labels'])
@@ -515,7 +505,6 @@ def test_rn50_stage2_gradients_in_float64_are_clipreids(stage2_step):
 
 
 def ref_loss_float64() -> float:
-    import json
     return json.loads((REF / 'clipreid_reference.json').read_text())['step64']['loss']
 
 
