@@ -13,17 +13,18 @@ _C = CN()
 _C.MODEL = CN()
 # 'auto' = CUDA when available, else CPU; or an explicit torch device string ('cpu', 'cuda', 'cuda:1').
 _C.MODEL.DEVICE = 'auto'
-# open_clip architecture name: 'ViT-B-16' (the published recipe), any open_clip ViT, or 'ViT-Tiny-16'
-# (a tiny randomly initialised ViT-B-16-shaped model for the demo and the tests).
+# open_clip architecture name of an OpenAI CLIP: 'ViT-B-16' (the published recipe) or another ViT, 'RN50'
+# (CLIP-ReID's CNN backbone) or another ResNet; or 'ViT-Tiny-16' / 'RN-Tiny' (tiny randomly initialised
+# models of the two families for the demo and the tests).
 _C.MODEL.NAME = 'ViT-B-16'
 # Local OpenAI CLIP checkpoint (TorchScript archive or state dict). Empty: open_clip's own resolution of
 # the 'openai' pretrained tag (its cache, or a download when online).
 _C.MODEL.PRETRAIN_PATH = ''
 # Stride of the patch embedding [height, width]; smaller than the patch size gives overlapping patches
-# (the seed's commands use [12, 12]).
+# (the seed's commands use [12, 12]). ViT only: a ResNet keeps [16, 16].
 _C.MODEL.STRIDE_SIZE = [16, 16]
 # Side-information embedding (SIE) added to the class token: a learnable table per camera, per view or
-# per (camera, view), scaled by SIE_COE.
+# per (camera, view), scaled by SIE_COE. ViT only (as in CLIP-ReID): a ResNet has no class token.
 _C.MODEL.SIE_CAMERA = False
 _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 3.0

@@ -83,3 +83,21 @@ def test_user_mistakes_give_one_line_and_exit_2(tiny_mssl, tmp_path, args, messa
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_a_resnet_trains_both_stages_and_its_checkpoint_tests_the_same(tiny_mssl, tmp_path):
+    """CLIP-ReID's CNN recipe shape (RN-Tiny for RN50; its single 'all' prompt): stage 1, stage 2, and
+    test_clipreid.py on the checkpoint reproduces the training's last evaluation."""
+    resnet = ['MODEL.NAME', 'RN-Tiny', 'MODEL.SIE_CAMERA', 'False', 'MODEL.SIE_VIEW', 'False',
+              'MODEL.STRIDE_SIZE', '[16, 16]', 'MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)",
+              'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)', 'TEST.EVAL_MODE', 'DDC']
+    train, test = tmp_path / 'train', tmp_path / 'test'
+    result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(train), *resnet))
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (train / 'train_log.txt').read_text()
+    assert 'Stage 1 [all] epoch 3/3' in log and 'Stage 2 epoch 2/2' in log
+    result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(test), *resnet),
+                        'TEST.WEIGHT', str(train / 'RN-Tiny_2.pth'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained, tested = (json.loads((folder / 'results_DDC.json').read_text()) for folder in (train, test))
+    assert tested['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)

@@ -73,6 +73,31 @@ def test_the_published_evaluator_is_imported_from_a_checkout_and_driven_by_its_m
         published_code.PublishedEvaluator(tmp_path / 'elsewhere')
 
 
+def test_a_checkouts_packages_are_imported_with_their_relative_imports_and_ours_restored(tmp_path):
+    """CLIP-ReID's model/ has no __init__.py (a namespace package): its modules, not ours, are imported."""
+    published_code = _tool('published_code')
+    (tmp_path / 'model' / 'clip').mkdir(parents=True)
+    (tmp_path / 'model' / 'clip' / '__init__.py').write_text('')
+    (tmp_path / 'model' / 'clip' / 'sizes.py').write_text('WIDTH = 2048\n')
+    (tmp_path / 'model' / 'make_model_clipreid.py').write_text('from .clip.sizes import WIDTH\n')
+    import model as ours
+    with published_code.published_packages(tmp_path):
+        import model.make_model_clipreid as theirs
+    assert theirs.WIDTH == 2048
+    assert sys.modules['model'] is ours and sys.modules['model.make_model_clipreid'].__file__.startswith(str(ROOT))
+    with pytest.raises(published_code.PublishedCodeMissing):
+        with published_code.published_packages(tmp_path / 'elsewhere'):
+            pass
+
+
+def test_train_step_benchmark_says_why_clipreid_code_is_not_timed(tmp_path):
+    from types import SimpleNamespace
+    available = _tool('bench_train_step').clipreid_code_available
+    assert 'no --clipreid-repo' in available(SimpleNamespace(clipreid_repo='', model='RN50'))
+    assert 'builds only RN50 and ViT-B-16' in available(SimpleNamespace(clipreid_repo=str(tmp_path), model='RN-Tiny'))
+    assert 'has no model/make_model_clipreid.py' in available(SimpleNamespace(clipreid_repo=str(tmp_path), model='RN50'))
+
+
 @pytest.mark.slow
 def test_quick_cpu_run_covers_every_part(tmp_path):
     gpu_check = _tool('gpu_check')
