@@ -5,8 +5,20 @@ import torch
 from torch import nn
 
 from loss.softmax_loss import CrossEntropyLabelSmooth
+from loss.supcontrast import SupConLoss
 from loss.triplet_loss import TripletLoss
 from utils.vocabulary import VIEW_IDS
+
+
+def prompt_loss(image_feats: torch.Tensor, text_feats: torch.Tensor,
+                labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The stage-1 objective (CLIP-ReID's): supervised contrastive loss from the batch's images to their
+    identities' text features ('i2t') plus from the text features to the images ('t2i').
+    Returns ``(i2t + t2i, {"i2t": ..., "t2i": ...})``."""
+    supcon = SupConLoss()
+    parts = {"i2t": supcon(image_feats, text_feats, labels, labels),
+             "t2i": supcon(text_feats, image_feats, labels, labels)}
+    return parts["i2t"] + parts["t2i"], parts
 
 
 def stage2_loss(cls_scores: Sequence[torch.Tensor], feats: Sequence[torch.Tensor], targets: torch.Tensor,
