@@ -48,6 +48,48 @@ def test_stage1_lowers_its_loss(tiny_mssl, tmp_path):
                                       LOGGER)
     assert feats.shape == (dataset.num_train_pids, model.text_encoder.text_projection.shape[1])
     assert losses[-1] < 0.9 * losses[0]
+    # only the prompts learn: the text tower's weight gradients are neither computed nor kept
+    assert all(param.grad is None for param in model.text_encoder.parameters())
+
+
+def test_stage1_under_fp16_skips_a_step_whose_gradients_are_not_finite(tiny_mssl, tmp_path, monkeypatch):
+    """Under fp16 stage 1 steps through a gradient scaler: a step whose gradients overflow is skipped (the
+    prompts keep their values, the scale halves) and the next one trains."""
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'SOLVER.STAGE1.MAX_EPOCHS', '1',
+                                 'SOLVER.STAGE1.IMS_PER_BATCH', '8')
+    scalers, prompts_before_step = [], []
+    real_grad_scaler, real_step, real_text_features = stage1.grad_scaler, stage1.prompt_step, model.text_features
+    monkeypatch.setattr(stage1, 'grad_scaler', lambda *a: scalers.append(real_grad_scaler(*a)) or scalers[-1])
+    monkeypatch.setattr(stage1, 'prompt_step', lambda model, view, *a, **k: (
+        prompts_before_step.append(model.prompt_learners[view].cls_ctx.detach().clone())
+        or real_step(model, view, *a, **k)))
+
+    def overflowing_first_backward(view, labels):  # the loss stays finite, its first gradients do not
+        text = real_text_features(view, labels)
+        if len(prompts_before_step) == 1:
+            text.register_hook(lambda grad: grad * float('inf'))
+        return text
+
+    monkeypatch.setattr(model, 'text_features', overflowing_first_backward)
+    items = stage1.stage1_items(dataset.train, 'sky')
+    feats, _ = stage1.learn_view(cfg, model, 'sky', items, dataset.num_train_pids, torch.device('cpu'), LOGGER,
+                                 amp_dtype=torch.float16)
+    scaler, = scalers
+    # halved for each skipped step (fp16 text-tower gradients may overflow at the first scales too)
+    assert scaler.is_enabled() and scaler.get_scale() < 2.0 ** 16
+    assert torch.equal(prompts_before_step[1], prompts_before_step[0])  # the infinite gradients were skipped
+    learned = model.prompt_learners['sky'].cls_ctx
+    assert not torch.equal(learned, prompts_before_step[0])  # later steps trained
+    assert bool(torch.isfinite(learned).all()) and bool(torch.isfinite(feats).all())
+
+
+def test_stage1_stops_on_a_non_finite_loss_before_caching(tiny_mssl, tmp_path, monkeypatch):
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'SOLVER.STAGE1.MAX_EPOCHS', '2')
+    real_text_features = model.text_features
+    monkeypatch.setattr(model, 'text_features', lambda view, labels: real_text_features(view, labels) * float('nan'))
+    with pytest.raises(UserError, match=r"stage 1 \[ground\] loss became non-finite .* in epoch 1"):
+        stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids, torch.device('cpu'), LOGGER)
+    assert not (tmp_path / stage1.CACHE_NAME).exists()
 
 
 def test_stage1_cache_is_reused_and_rebuilt_when_the_config_changes(tiny_mssl, tmp_path, monkeypatch):
