@@ -67,15 +67,17 @@ def _pretrained_identity(path: str) -> dict:
     return {'path': os.path.abspath(path), 'size': stat.st_size, 'mtime': int(stat.st_mtime)}
 
 
-def cache_fingerprint(cfg, view: str, items: list) -> str:
-    """Everything a view's text features depend on: backbone, inputs, template, schedule, seed, labels."""
+def cache_fingerprint(cfg, view: str, items: list, amp_dtype=None) -> str:
+    """Everything a view's text features depend on: backbone, inputs, template, schedule, seed, labels, and
+    the precision they were computed in (`amp_dtype`, what SOLVER.AMP resolves to on this device: 'auto'
+    is fp32 on a CPU and bf16 on most GPUs)."""
     labels = sorted((os.path.basename(path), pid) for path, pid, _, _ in items)
     described = {
         'view': view, 'template': _template(cfg, view),
         'model': [cfg.MODEL.NAME, _pretrained_identity(cfg.MODEL.PRETRAIN_PATH), list(cfg.MODEL.STRIDE_SIZE)],
         'input': [list(cfg.INPUT.SIZE_TEST), list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)],
         'solver': {key: cfg.SOLVER.STAGE1[key] for key in sorted(cfg.SOLVER.STAGE1) if key != 'LOG_PERIOD'},
-        'seed': cfg.SOLVER.SEED, 'amp': cfg.SOLVER.AMP,
+        'seed': cfg.SOLVER.SEED, 'precision': str(amp_dtype or torch.float32),
         'labels': hashlib.sha256(json.dumps(labels).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
@@ -197,7 +199,7 @@ def run_stage1(cfg, model, train_items: list, num_classes: int, device, logger, 
     for view in text_views_to_learn(cfg):
         items = stage1_items(train_items, view, train_by_view)
         # Rank 0's fingerprint (file times of PRETRAIN_PATH may differ between nodes): all ranks decide alike.
-        fingerprint = distributed.broadcast_object(cache_fingerprint(cfg, view, items))
+        fingerprint = distributed.broadcast_object(cache_fingerprint(cfg, view, items, amp_dtype))
         cached = cache.get(view)
         if isinstance(cached, dict) and cached.get('fingerprint') == fingerprint:
             logger.info(f"Stage 1 [{view}]: reusing the text features cached in {path}")

@@ -120,6 +120,51 @@ def test_stage1_cache_is_reused_and_rebuilt_when_the_config_changes(tiny_mssl, t
     assert not torch.equal(rebuilt['sky'], first['sky'])
 
 
+def _changed(value):
+    """Another valid value of a stage-1 solver key."""
+    if isinstance(value, str):
+        return {'Adam': 'AdamW'}.get(value, value + 'x')
+    return value + 1 if isinstance(value, int) else value * 2
+
+
+@pytest.mark.parametrize('key', ['SOLVER.SEED', 'INPUT.SIZE_TEST', 'INPUT.PIXEL_MEAN', 'INPUT.PIXEL_STD',
+                                 *(f'SOLVER.STAGE1.{key}' for key in load_config().SOLVER.STAGE1 if key != 'LOG_PERIOD')])
+def test_stage1_cache_fingerprint_changes_with_what_the_text_features_depend_on(tiny_mssl, key):
+    base = load_config('', tiny_opts(tiny_mssl, 'out'))
+    section, name = key.rsplit('.', 1)
+    value = base
+    for part in section.split('.'):
+        value = value[part]
+    value = value[name]
+    new = {'INPUT.SIZE_TEST': '[96, 48]', 'INPUT.PIXEL_MEAN': '[0.4, 0.5, 0.6]', 'INPUT.PIXEL_STD': '[0.2, 0.3, 0.4]'}
+    also = ['INPUT.SIZE_TRAIN', '[96, 48]'] if key == 'INPUT.SIZE_TEST' else []  # the two must be equal
+    changed = load_config('', tiny_opts(tiny_mssl, 'out', key, new.get(key, str(_changed(value))), *also))
+    items = init_dataset('mssl', tiny_mssl).train
+    assert stage1.cache_fingerprint(changed, 'sky', items) != stage1.cache_fingerprint(base, 'sky', items)
+    logging_only = load_config('', tiny_opts(tiny_mssl, 'out', 'SOLVER.STAGE1.LOG_PERIOD', '7'))
+    assert stage1.cache_fingerprint(logging_only, 'sky', items) == stage1.cache_fingerprint(base, 'sky', items)
+
+
+def test_stage1_cache_is_rebuilt_when_the_precision_it_resolves_to_changes(tiny_mssl, tmp_path, monkeypatch):
+    """SOLVER.AMP 'auto' is fp32 on a CPU and bf16 on most GPUs: a CPU cache is not reused on such a GPU,
+    while 'auto' and 'off' on a CPU (both fp32) share it."""
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path)
+    learned = []
+
+    def fake_learn_view(cfg, model, view, items, num_classes, device, logger, amp_dtype=None):
+        learned.append((view, amp_dtype))
+        return torch.zeros(num_classes, 4), []
+
+    monkeypatch.setattr(stage1, 'learn_view', fake_learn_view)
+    run = lambda cfg, amp_dtype: stage1.run_stage1(cfg, model, dataset.train, dataset.num_train_pids,  # noqa: E731
+                                                   torch.device('cpu'), LOGGER, amp_dtype)
+    run(cfg, None)
+    run(load_config('', tiny_opts(tiny_mssl, str(tmp_path), 'SOLVER.AMP', 'off')), None)
+    assert learned == [('ground', None), ('sky', None)]
+    run(cfg, torch.bfloat16)
+    assert learned[2:] == [('ground', torch.bfloat16), ('sky', torch.bfloat16)]
+
+
 @pytest.mark.parametrize('content, message', [
     (b'not a checkpoint', 'is damaged or not a cache'),
     (None, 'holds no cache (a list)'),
