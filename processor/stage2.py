@@ -175,8 +175,10 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         totals = EpochTotals(device)
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
             with stop_on_out_of_memory(f'stage 2 epoch {epoch} iteration {step}', batch_advice, last_good):
-                result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
-                                    pids.to(device), camids.to(device), viewids.to(device), amp_dtype,
+                # non-blocking: the loader pins its batches, so the copies queue behind the previous step
+                images, pids, camids, viewids = (tensor.to(device, non_blocking=True)
+                                                 for tensor in (images, pids, camids, viewids))
+                result = train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype,
                                     solver.ACCUM_STEPS)
             totals.add(result, step)
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')

@@ -1,9 +1,12 @@
 """Helpers the test files share (fixtures live in conftest.py)."""
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,46 @@ def fails(main, argv, capsys) -> str:
     assert len(lines) == 1 and lines[0].startswith('error: '), err
     assert 'Traceback' not in err
     return lines[0]
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records the operations that make the host wait for a GPU: reading a value (`.item()`, `bool()`,
+    `float()`), and those whose output size depends on values (`nonzero`, boolean-mask indexing). On a CPU
+    nothing waits, but the same operations run, so a CPU test can show there are none.
+
+        with HostSyncs() as syncs:
+            ...
+        assert syncs.found == []
+    """
+    READS = {'_local_scalar_dense', 'is_nonzero', 'nonzero', 'masked_select', 'equal', 'unique', '_unique2',
+             'unique_dim', 'unique_consecutive'}
+    INDEXING = {'index', 'index_put', 'index_put_', '_index_put_impl_'}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+        self.recording = True
+
+    def ignore_optimizer_steps(self, optimizer) -> None:
+        """Leave `optimizer.step` out: Adam's step counters stay on the host (torch keeps them on the CPU
+        unless `capturable`), so reading them does not wait for a GPU."""
+        step = optimizer.step
+
+        def unrecorded_step(*args, **kwargs):
+            self.recording = False
+            try:
+                return step(*args, **kwargs)
+            finally:
+                self.recording = True
+
+        optimizer.step = unrecorded_step
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if self.recording and name in self.READS or (name in self.INDEXING and any(
+                isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1])):
+            where = [frame for frame in traceback.extract_stack() if str(ROOT) in frame.filename
+                     and '/tests/' not in frame.filename]
+            self.found.append(f"{name} at {where[-1].filename[len(str(ROOT)) + 1:]}:{where[-1].lineno}"
+                              if where else name)
+        return func(*args, **(kwargs or {}))

@@ -9,8 +9,9 @@ from datasets import init_dataset
 from model import make_model
 from processor import stage1 as stage1
 from loss.make_loss import image_view_mask
+from processor import stage2
 from processor.stage2 import i2t_terms
-from tests.helpers import tiny_opts
+from tests.helpers import HostSyncs, tiny_opts
 from utils.errors import UserError
 
 LOGGER = logging.getLogger('test')
@@ -207,3 +208,55 @@ def test_all_modes_ranked_together_equal_each_mode_alone(tiny_mssl, tmp_path):
             assert result['metrics'][key] == pytest.approx(alone[key], rel=1e-12, abs=0), (mode, key)
         assert (result['metrics']['cmc'] == alone['cmc']).all()
         assert (result['valid_query_index'] == alone['valid_query_index']).all()
+
+
+def _tiny_model_for_steps():
+    cfg = load_config('', tiny_opts('unused', 'unused'))
+    torch.manual_seed(0)
+    model = make_model(cfg, 4, camera_num=3, view_num=2, text_views=stage1.text_views_to_learn(cfg),
+                       load_pretrained=False)
+    embed = model.text_encoder.text_projection.shape[1]
+    text_features = {view: torch.randn(4, embed) for view in model.prompt_learners}
+    images, pids = torch.randn(8, 3, 64, 32), torch.tensor([0, 0, 0, 0, 2, 2, 2, 2])
+    camids, viewids = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    return cfg, model, text_features, (images, pids, camids, viewids)
+
+
+@pytest.mark.parametrize('accum_steps', [1, 2])
+def test_training_steps_never_make_the_host_wait(accum_steps):
+    """No value is read on the host and no shape depends on values in either stage's step: on a GPU the
+    host queues the next step while this one runs (checked on a CPU by recording the operations)."""
+    cfg, model, text_features, (images, pids, camids, viewids) = _tiny_model_for_steps()
+    cpu = torch.device('cpu')
+    optimizer, _, scaler = stage1.stage1_solver(cfg, model, 'sky', cpu)
+    with HostSyncs() as syncs:
+        syncs.ignore_optimizer_steps(optimizer)
+        stage1.prompt_step(model, 'sky', optimizer, scaler, torch.randn(8, text_features['sky'].shape[1]), pids)
+    assert syncs.found == []
+    optimizer, _, scaler = stage2.stage2_solver(cfg, model, cpu)
+    criterion = stage2.build_criterion(cfg, 4, text_features)
+    model.train()
+    with HostSyncs() as syncs:
+        syncs.ignore_optimizer_steps(optimizer)
+        stage2.train_step(model, criterion, optimizer, scaler, images, pids, camids, viewids,
+                          accum_steps=accum_steps)
+    assert syncs.found == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='counts the synchronisations of a CUDA device')
+def test_training_steps_never_synchronise_a_gpu():
+    cfg, model, text_features, batch = _tiny_model_for_steps()
+    gpu = torch.device('cuda')
+    model.to(gpu)
+    images, pids, camids, viewids = (tensor.pin_memory() for tensor in batch)
+    optimizer, _, scaler = stage2.stage2_solver(cfg, model, gpu)
+    criterion = stage2.build_criterion(cfg, 4, text_features).to(gpu)
+    model.train()
+    for check in (False, True):  # the first step allocates and initialises; the second is checked
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error' if check else 'default')
+        try:
+            on_gpu = [tensor.to(gpu, non_blocking=True) for tensor in (images, pids, camids, viewids)]
+            stage2.train_step(model, criterion, optimizer, scaler, *on_gpu)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
