@@ -260,3 +260,26 @@ def test_training_steps_never_synchronise_a_gpu():
             stage2.train_step(model, criterion, optimizer, scaler, *on_gpu)
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('smoothing, epsilon', [('on', 0.1), ('off', 0.0)])
+def test_trainer_criterion_smooths_labels_as_model_if_labelsmooth_says(smoothing, epsilon):
+    """The criterion the trainer builds: label smoothing 0.1 ('on', the published value) or none ('off') in
+    both the identity and the image-to-text terms."""
+    generator = torch.Generator().manual_seed(0)
+    targets, views = torch.tensor([0, 0, 1, 1, 3, 3]), torch.tensor([0, 1, 0, 1, 0, 0])
+    out = {'cls_scores': [torch.randn(6, 4, generator=generator) * 3 for _ in range(2)],
+           'feats': [torch.randn(6, 8, generator=generator)], 'proj': torch.randn(6, 8, generator=generator)}
+    text = {view: torch.randn(4, 8, generator=generator) for view in ('ground', 'sky')}
+    criterion = stage2.build_criterion(load_config('', ['MODEL.IF_LABELSMOOTH', smoothing]), 4, text)
+    _, parts = criterion(out, targets, views)
+
+    def smoothed_ce(logits, labels):  # torch's smoothing: the target (1 - epsilon) one-hot + epsilon / classes
+        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=epsilon)
+
+    assert float(parts['id']) == pytest.approx(float(sum(smoothed_ce(score, targets) for score in out['cls_scores'])),
+                                               rel=1e-6)
+    ground = views == 0  # the recipe's second term: ground images against the sky text
+    assert float(parts['i2t_0']) == pytest.approx(float(smoothed_ce(out['proj'] @ text['ground'].T, targets)), rel=1e-6)
+    assert float(parts['i2t_1']) == pytest.approx(
+        float(smoothed_ce(out['proj'][ground] @ text['sky'].T, targets[ground])), rel=1e-6)
