@@ -283,3 +283,81 @@ def test_trainer_criterion_smooths_labels_as_model_if_labelsmooth_says(smoothing
     assert float(parts['i2t_0']) == pytest.approx(float(smoothed_ce(out['proj'] @ text['ground'].T, targets)), rel=1e-6)
     assert float(parts['i2t_1']) == pytest.approx(
         float(smoothed_ce(out['proj'][ground] @ text['sky'].T, targets[ground])), rel=1e-6)
+
+
+def _stage2_run(tiny_mssl, out, *extra, evaluate=True):
+    """Stage 2 of the tiny recipe (2 epochs) on random text features, as train_clipreid.py runs it."""
+    from datasets.make_dataloader import make_train_loader
+    from processor.test_sets import build_test_sets, evaluate_test_sets
+    from utils.device import seed_everything
+    out.mkdir()
+    cfg, dataset, model = _setup(tiny_mssl, out, 'MODEL.SIE_CAMERA', 'False', 'MODEL.SIE_VIEW', 'False', *extra)
+    cpu = torch.device('cpu')
+    embed = model.text_encoder.text_projection.shape[1]
+    text = {view: torch.randn(dataset.num_train_pids, embed, generator=torch.Generator().manual_seed(5))
+            for view in model.prompt_learners}
+    loader = make_train_loader(cfg, dataset.train, cpu)
+    test_sets = build_test_sets(cfg, dataset, LOGGER)
+    seed_everything(cfg.SOLVER.SEED)
+    stage2.train_stage2(cfg, model, text, loader, dataset.num_train_pids, cpu, LOGGER,
+                        evaluate_fn=(lambda m: evaluate_test_sets(cfg, m, test_sets, cpu, LOGGER)) if evaluate else None)
+    return model
+
+
+@pytest.mark.slow  # two short trainings with evaluations
+def test_evaluating_during_training_leaves_the_training_unchanged(tiny_mssl, tmp_path):
+    """Two runs that differ only in SOLVER.STAGE2.EVAL_PERIOD end with the same weights: evaluating draws
+    no random number the training would have drawn."""
+    every_epoch = _stage2_run(tiny_mssl, tmp_path / 'every', 'SOLVER.STAGE2.EVAL_PERIOD', '1')
+    at_the_end = _stage2_run(tiny_mssl, tmp_path / 'end', 'SOLVER.STAGE2.EVAL_PERIOD', '2')
+    assert (tmp_path / 'every' / 'metrics.jsonl').read_text().count('"eval"') > \
+        (tmp_path / 'end' / 'metrics.jsonl').read_text().count('"eval"')
+    ours, theirs = every_epoch.state_dict(), at_the_end.state_dict()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_each_stage2_epoch_sees_other_batches(tiny_mssl, tmp_path, monkeypatch):
+    batches = {}
+
+    def recording_step(net, criterion, optimizer, scaler, images, pids, *args, **kwargs):
+        batches.setdefault(epoch_of[0], []).append(pids.tolist())
+        return stage2.StepResult(torch.zeros(()), {}, torch.zeros((), dtype=torch.int64), len(pids))
+
+    epoch_of = [0]
+    real_begin_epoch = stage2.begin_epoch
+    monkeypatch.setattr(stage2, 'begin_epoch', lambda scheduler, epoch: (
+        epoch_of.__setitem__(0, epoch), real_begin_epoch(scheduler, epoch))[1])
+    monkeypatch.setattr(stage2, 'train_step', recording_step)
+    _stage2_run(tiny_mssl, tmp_path / 'out', 'SOLVER.STAGE2.MAX_EPOCHS', '3', evaluate=False)
+    assert sorted(batches) == [1, 2, 3]
+    assert all(len(batches[epoch]) > 1 for epoch in batches)
+    assert batches[1] != batches[2] and batches[2] != batches[3] and batches[1] != batches[3]
+
+
+def test_cross_dataset_images_get_the_features_of_an_unknown_camera(tiny_mssl, tmp_path):
+    """A DATASETS.TEST_NAMES dataset's camera ids name other cameras than the training set's: its test
+    features are those computed with the camera unknown (no camera SIE term), not with the row of the
+    training camera that happens to share the id."""
+    import numpy as np
+    from datasets.fixtures import generate
+    from datasets.make_dataloader import make_ordered_loader
+    from processor.test_sets import build_test_sets, evaluate_test_sets
+    agreid = generate('agreid', str(tmp_path / 'agreid'), seed=4)
+    cfg, dataset, model = _setup(tiny_mssl, tmp_path, 'DATASETS.TEST_NAMES', 'agreid', 'DATASETS.TEST_ROOT_DIR', agreid,
+                                 'TEST.EVAL_MODE', 'S2G')
+    cpu = torch.device('cpu')
+    test_sets = build_test_sets(cfg, dataset, LOGGER)
+    evaluate_test_sets(cfg, model, test_sets, cpu, LOGGER, save_features=True)
+    saved = np.load(tmp_path / 'test_agreid' / 'features_S2G.npz', allow_pickle=False)
+    items = {item[0]: item for item in test_sets[0].dataset.query + test_sets[0].dataset.gallery}
+    query = [items[path] for path in saved['q_paths']]
+    assert 0 <= min(item[2] for item in query) and max(item[2] for item in query) < dataset.num_train_cams
+
+    @torch.no_grad()
+    def features(camera_of):
+        return torch.cat([model.eval()(images, cam_label=camera_of(camids), view_label=views)
+                          for images, _, camids, views, _ in make_ordered_loader(cfg, query, cpu)]).numpy()
+
+    unknown = features(lambda camids: torch.full_like(camids, -1))
+    assert np.allclose(saved['qf'], unknown, atol=1e-6, rtol=0)
+    assert not np.allclose(unknown, features(lambda camids: camids), atol=1e-3)  # the camera term would show
