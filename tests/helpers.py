@@ -28,6 +28,31 @@ def tiny_opts(root: str, output_dir: str, *extra: str) -> list:
     return [*TINY_OPTS, 'DATASETS.NAMES', 'mssl', 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', output_dir, *extra]
 
 
+def assert_results_are_the_evaluators(folder, protocols, dataset) -> dict:
+    """Each protocol's results_<P>.json in `folder` equals evaluation/rank.evaluate on the features the
+    same run saved (TEST.SAVE_FEATURES True), with the dataset's removal rule; returns the records."""
+    import json
+
+    import numpy as np
+
+    from evaluation.rank import evaluate
+    from utils.vocabulary import METRIC_KEYS, features_file, results_file
+    records = {}
+    for protocol in protocols:
+        record = json.loads((Path(folder) / results_file(protocol)).read_text())
+        saved = np.load(Path(folder) / features_file(protocol), allow_pickle=False)
+        expected = evaluate(saved['qf'], saved['gf'], saved['q_pids'], saved['g_pids'], saved['q_camids'],
+                            saved['g_camids'], saved['q_views'], saved['g_views'], protocol,
+                            removal=dataset.removal_rule(protocol))
+        assert record['mode'] == protocol and record['num_valid_query'] == expected['num_valid_query'] > 0
+        assert (record['num_query'], record['num_gallery']) == (expected['num_query'], expected['num_gallery'])
+        for key in METRIC_KEYS:
+            assert record[key] == pytest.approx(expected[key], abs=1e-6), (protocol, key)
+        assert record['cmc'] == pytest.approx(list(expected['cmc']), abs=1e-6)
+        records[protocol] = record
+    return records
+
+
 def run_script(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
     """Run one of the project's scripts in a fresh Python process, from the repository root."""
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
