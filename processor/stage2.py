@@ -4,7 +4,7 @@ Loss (loss/make_loss.py, Stage2Criterion) = ID_LOSS_WEIGHT * (label-smoothed CE 
      + TRIPLET_LOSS_WEIGHT * (batch-hard triplet on the penultimate, last and projected features)
      + sum_i I2T_LOSS_WEIGHTS[i] * CE(images of I2T_IMAGE_VIEWS[i] vs text features of I2T_TEXT_VIEWS[i]).
 
-`train_step` is the one training step (the trainer and tools/bench_train_step.py call it). It leaves
+`train_step` is the one training step (the trainer and benchmarks/bench_train_step.py call it). It leaves
 its numbers on the device: the host reads them, and checks that the loss stayed finite, only every
 LOG_PERIOD iterations and at the end of each epoch, so a GPU is never made to wait once per step.
 """

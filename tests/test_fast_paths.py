@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench_common():
-    spec = importlib.util.spec_from_file_location('bench_common', ROOT / 'tools' / 'bench_common.py')
+    spec = importlib.util.spec_from_file_location('bench_common', ROOT / 'benchmarks' / 'bench_common.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

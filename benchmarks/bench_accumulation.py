@@ -4,7 +4,7 @@ ACCUM_STEPS 1 is the published full-batch step (forward, the MSP loss, backward,
 Each setting runs in its own process on the same seeded weights and batch (processor/accumulation.py,
 as the stage-2 loop calls it), so the memory high-water marks do not mix.
 
-Usage: python tools/bench_accumulation.py [--model ViT-B-16 --batch 64 --accum 1 2 4 --out bench_accumulation.json]
+Usage: python benchmarks/bench_accumulation.py [--model ViT-B-16 --batch 64 --accum 1 2 4 --out bench_accumulation.json]
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the tools/bench_*.py scripts: machine description, reference attention
+"""Shared pieces of the benchmarks/bench_*.py scripts: machine description, reference attention
 implementations to compare the fused path against, timing, table printing and JSON output."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ measurement, except the CPU's matmul rates (measured) and, with --step-json, the
   stage-1 step    prompt learner + text tower forward/backward (frozen weights) + SupCon, batch 64
   inference       forward of one test image (feature extraction, evaluation)
 
-Usage: python tools/bench_floor.py [--model ViT-B-16 --batch 64 --step-json bench_train_step.json]
+Usage: python benchmarks/bench_floor.py [--model ViT-B-16 --batch 64 --step-json bench_train_step.json]
 """
 from __future__ import annotations
 

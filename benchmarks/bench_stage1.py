@@ -9,7 +9,7 @@ end-of-text token (ours) against all 77 positions, on a randomly initialised tex
 
 Text features of every identity are compared with the published-style ones.
 
-Usage: python tools/bench_stage1.py [--model ViT-B-16 --batch 64 --steps 5 --out bench_stage1.json]
+Usage: python benchmarks/bench_stage1.py [--model ViT-B-16 --batch 64 --steps 5 --out bench_stage1.json]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Prints the per-image cost of each stage of the pipeline (one core), then the loa
 each worker count, and compares them with the step rate from --step-json (bench_train_step.py's
 output) or --step-rate.
 
-Usage: python tools/bench_loader.py [--root data/mssl_synthetic --workers 0 1 2 --batches 8]
+Usage: python benchmarks/bench_loader.py [--root data/mssl_synthetic --workers 0 1 2 --batches 8]
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Feature extraction speed (PyTorch fp32, PyTorch bf16 autocast, ONNX Runtime fp32) and the search
 CLI's time and peak memory on a 10,000-image gallery.
 
-    python tools/bench_extract.py                   # both parts, the table and docs/benchmarks/extract_cpu.json
-    python tools/bench_extract.py --skip-search     # extraction only
-    python tools/bench_extract.py --models tiny     # the tiny demo model only
+    python benchmarks/bench_extract.py                   # both parts, the table and docs/benchmarks/extract_cpu.json
+    python benchmarks/bench_extract.py --skip-search     # extraction only
+    python benchmarks/bench_extract.py --models tiny     # the tiny demo model only
 
 Extraction: the model's forward on preprocessed batches ([N, 3, H, W] normalised tensors; decoding and
 resizing are not timed), camera/view labels given, images/s of the fastest of the timed repetitions.
@@ -25,6 +25,8 @@ import tempfile
 import time
 
 from bench_common import ROOT, best_time, describe_machine, machine_info, print_table, write_report
+
+sys.path.insert(0, str(ROOT / 'tools'))  # export_onnx is a user tool
 
 import torch  # noqa: E402
 

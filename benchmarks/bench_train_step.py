@@ -17,7 +17,7 @@ seeded weights and batch; the forward features of the first step are compared wi
 
 Every variant runs the trainer's own step, processor/stage2.py::train_step, with its Stage2Criterion.
 
-Usage: python tools/bench_train_step.py [--model ViT-B-16 --batch 8 --steps 3 --out bench_train_step.json]
+Usage: python benchmarks/bench_train_step.py [--model ViT-B-16 --batch 8 --steps 3 --out bench_train_step.json]
 """
 from __future__ import annotations
 
