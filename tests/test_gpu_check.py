@@ -127,7 +127,8 @@ def test_quick_cpu_run_covers_every_part(tmp_path):
     done = _run('--device', 'cpu', '--quick', '--out', str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
-    assert list(report['results']) == list(gpu_check.PARTS)
+    assert list(report['results']) == ['data', *gpu_check.PARTS]
+    assert all(part['part_seconds'] <= part['deadline_s'] + 1 for part in report['results'].values())
     statuses = {name: part['status'] for name, part in report['results'].items()}
     assert set(statuses.values()) <= {'pass', 'measured'}, statuses
     assert report['environment']['command'].endswith(f'--device cpu --quick --out {tmp_path}')
@@ -141,3 +142,32 @@ def test_quick_cpu_run_covers_every_part(tmp_path):
     assert report['results']['projection']['total_seconds'] > 0
     table = (tmp_path / 'gpu_check.md').read_text()
     assert all(f'| {name} |' in table for name in gpu_check.PARTS)
+
+
+@pytest.mark.slow  # a few seconds of a killed demo, and the driver's own start
+def test_a_part_past_its_deadline_is_killed_with_its_processes_and_the_rest_go_on(tiny_mssl, tmp_path):
+    """The demo (bash -> Python training) past its deadline: its whole process group is killed, the run
+    goes on with the next part, and a part whose deadline no longer fits the budget is skipped, saying why."""
+    gpu_check = _tool('gpu_check')
+    out = tmp_path / 'out'
+    done = _run('--device', 'cpu', '--quick', '--data', tiny_mssl, '--out', str(out), '--parts', 'demo',
+                'projection', 'loader', '--deadline', 'demo=12', 'projection=60', 'loader=1000', '--budget-s', '100')
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / 'gpu_check.json').read_text())
+    demo, projection, loader = (report['results'][name] for name in ('demo', 'projection', 'loader'))
+    assert demo['status'] == 'timeout' and 12 <= demo['part_seconds'] < 25
+    assert demo['killed_processes'] >= 3  # the part's Python, the demo's bash and the training it started
+    assert gpu_check.group_members(demo['process_group']) == []
+    assert projection['status'] == 'skipped' and 'needs the parts' in projection['summary']
+    assert loader['status'] == 'skipped' and 'does not fit' in loader['summary']
+    assert '== loader: skipped: its deadline of 1000 s does not fit' in done.stdout
+    assert '| demo | timeout |' in (out / 'gpu_check.md').read_text()
+
+
+def test_the_default_deadlines_fit_eight_minutes():
+    gpu_check = _tool('gpu_check')
+    assert set(gpu_check.DEADLINE_S) == {'data', *gpu_check.PARTS}
+    assert sum(gpu_check.DEADLINE_S.values()) <= gpu_check.BUDGET_S <= 8 * 60 - 30  # the driver's own seconds
+    args = gpu_check.parse_args(['--out', 'x', '--deadline', 'demo=70'])
+    assert args.budget_s == gpu_check.BUDGET_S and args.deadlines['demo'] == 70
+    assert gpu_check.parse_args(['--out', 'x', '--quick']).deadlines['resume'] == 4 * gpu_check.DEADLINE_S['resume']
