@@ -37,14 +37,16 @@ def test_dataset_trains_and_evaluates_every_protocol(tmp_path, name):
     result = run_script('test_clipreid.py', *tiny_run(name, root, str(tested), 'TEST.EVAL_MODE', protocol,
                                                        'TEST.WEIGHT', str(out / 'ViT-Tiny-16_2.pth')))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_results(tested, [protocol], dataset)[protocol]['mAP'] == pytest.approx(trained[protocol]['mAP'], abs=1e-6)
+    tested_mAP = read_results(tested, [protocol], dataset)[protocol]['mAP']
+    assert tested_mAP == pytest.approx(trained[protocol]['mAP'], abs=1e-6)
     assert sorted(p.name for p in tested.glob('results_*.json')) == [f'results_{protocol}.json']
 
 def test_train_on_mssl_and_test_on_agreid_in_one_command(tiny_mssl, tmp_path):
     agreid = generate('agreid', str(tmp_path / 'agreid'), seed=4)
     out = tmp_path / 'cross'
     result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(out), 'DATASETS.TEST_NAMES', 'agreid',
-                                                         'DATASETS.TEST_ROOT_DIR', agreid, 'TEST.SAVE_FEATURES', 'True'))
+                                                         'DATASETS.TEST_ROOT_DIR', agreid,
+                                                         'TEST.SAVE_FEATURES', 'True'))
     assert result.returncode == 0, result.stderr[-2000:]
     read_results(out / 'test_agreid', ('S2G', 'G2S', 'DDC'), init_dataset('agreid', agreid))
     assert not list(out.glob('results_*.json'))  # reported per test dataset, not as MSSL's

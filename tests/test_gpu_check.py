@@ -87,7 +87,8 @@ SKY = (3, 4, 8, 9, 13, 14)
 def euclidean_distance(qf, gf):
     qf, gf = qf.double(), gf.double()
     dist = qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1) - 2 * qf @ gf.T
-    return (dist + 1e-5 * torch.cos(torch.arange(dist.numel(), dtype=torch.float64).reshape(dist.shape))).float().numpy()
+    wobble = torch.cos(torch.arange(dist.numel(), dtype=torch.float64).reshape(dist.shape))
+    return (dist + 1e-5 * wobble).float().numpy()
 
 def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     q_views, g_views = np.isin(q_camids, SKY), np.isin(g_camids, SKY)

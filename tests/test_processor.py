@@ -128,8 +128,11 @@ def _changed(value):
     return value + 1 if isinstance(value, int) else value * 2
 
 
+STAGE1_SOLVER_KEYS = [f'SOLVER.STAGE1.{key}' for key in load_config().SOLVER.STAGE1 if key != 'LOG_PERIOD']
+
+
 @pytest.mark.parametrize('key', ['SOLVER.SEED', 'INPUT.SIZE_TEST', 'INPUT.PIXEL_MEAN', 'INPUT.PIXEL_STD',
-                                 *(f'SOLVER.STAGE1.{key}' for key in load_config().SOLVER.STAGE1 if key != 'LOG_PERIOD')])
+                                 *STAGE1_SOLVER_KEYS])
 def test_stage1_cache_fingerprint_changes_with_what_the_text_features_depend_on(tiny_mssl, key):
     base = load_config('', tiny_opts(tiny_mssl, 'out'))
     section, name = key.rsplit('.', 1)
@@ -299,8 +302,8 @@ def _stage2_run(tiny_mssl, out, *extra, evaluate=True):
     loader = make_train_loader(cfg, dataset.train, cpu)
     test_sets = build_test_sets(cfg, dataset, LOGGER)
     seed_everything(cfg.SOLVER.SEED)
-    stage2.train_stage2(cfg, model, text, loader, dataset.num_train_pids, cpu, LOGGER,
-                        evaluate_fn=(lambda m: evaluate_test_sets(cfg, m, test_sets, cpu, LOGGER)) if evaluate else None)
+    evaluate_fn = (lambda trained: evaluate_test_sets(cfg, trained, test_sets, cpu, LOGGER)) if evaluate else None
+    stage2.train_stage2(cfg, model, text, loader, dataset.num_train_pids, cpu, LOGGER, evaluate_fn=evaluate_fn)
     return model
 
 
