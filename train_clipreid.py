@@ -46,6 +46,7 @@ def train(run: Run) -> dict:
 
     def evaluate_fn(trained_model):
         return evaluate_test_sets(cfg, trained_model, run.test_sets, device, logger, run.test_amp_dtype,
+                                  save_features=cfg.TEST.SAVE_FEATURES,
                                   details={'evaluated': 'the latest evaluation during training'})
 
     result = train_stage2(cfg, model, text_features, train_loader, dataset.num_train_pids, device, logger,

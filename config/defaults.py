@@ -194,7 +194,8 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
+# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths): in testing, and in
+# training at each evaluation (the file then holds the latest one's).
 _C.TEST.SAVE_FEATURES = False
 # Draw ranked lists (OUTPUT_DIR/ranked_<MODE>.png): for VISUALIZE_QUERIES queries per mode (a third
 # of them easy, the rest the hardest, i.e. lowest AP), the top VISUALIZE_TOPK gallery images with a

@@ -99,7 +99,7 @@ class ReIDModel(nn.Module):
         if view not in self.prompt_learners:
             raise ValueError(f"no prompt learner for text view '{view}'; built: {sorted(self.prompt_learners)}")
         learner = self.prompt_learners[view]
-        return self.text_encoder(learner(labels), learner.tokenized)
+        return self.text_encoder(learner(labels), learner.tokenized, last_end_of_text=learner.end_of_text)
 
     def image_state_dict(self) -> Dict[str, torch.Tensor]:
         """Weights of the image side only: what a re-ID checkpoint stores."""
