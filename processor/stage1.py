@@ -140,7 +140,8 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
         begin_epoch(scheduler, epoch)
         order = torch.randperm(len(items), generator=generator).to(device)
         total, steps = torch.zeros((), device=device, dtype=torch.float64), 0  # read once per epoch
-        for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
+        batches = order.split(solver.IMS_PER_BATCH)
+        for step, batch in enumerate(batches, start=1):
             target = labels[batch]
             with autocast(device, amp_dtype):  # each rank encodes its share of the batch's prompts
                 text = model.text_features(view, distributed.local_shard(target)).float()
@@ -155,7 +156,7 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
             total, steps = total + loss.detach(), steps + 1
             if step % solver.LOG_PERIOD == 0:
                 report(logger, cfg.OUTPUT_DIR, 'stage1_iter', f"Stage 1 [{view}] epoch {epoch} iter {step}",
-                       view=view, epoch=epoch, iter=step, loss=float(loss))
+                       view=view, epoch=epoch, iter=step, iters=len(batches), loss=float(loss))
         epoch_losses.append(float(total) / steps)
         report(logger, cfg.OUTPUT_DIR, 'stage1_epoch', f"Stage 1 [{view}] epoch {epoch}/{solver.MAX_EPOCHS}",
                bar=epochs, view=view, epoch=epoch, epochs=solver.MAX_EPOCHS, loss=epoch_losses[-1],
