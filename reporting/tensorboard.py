@@ -8,8 +8,9 @@ shows the numbers of metrics.jsonl and nothing else. Tags, and the step each is 
   stage2_iter/loss, acc, lr, loss_<part>           iteration
   eval/<protocol>/mAP, rank1, rank5, rank10, mINP  epoch (0 in a test run); '<dataset>/<protocol>'
                                                    for the datasets of DATASETS.TEST_NAMES
-A resumed run appends a new event file to the folder; TensorBoard, reading the files in order, drops
-the points of the iterations that the resumed run repeats (a step that goes back purges the later ones).
+A resumed run appends a new event file to the folder, so the points of an epoch that was cut off and
+trained again are there twice (TensorBoard keeps both; one purge step cannot serve tags whose steps are
+epochs and iterations at once).
 """
 from __future__ import annotations
 

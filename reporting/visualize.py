@@ -286,7 +286,8 @@ def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP'
                 axes.errorbar(i + 0.3, 100 * stats['mean'], yerr=100 * (stats['std'] or 0.0), fmt='s', color='black',
                               markersize=5, capsize=4, label='mean ± std' if i == 0 else None)
         axes.set_xticks(range(len(keys)), keys, rotation=30 if len(keys) > 4 else 0)
-        axes.set(title=f"{metric} over {len(runs)} seed{'s' if len(runs) != 1 else ''} (%)", xlim=(-0.6, len(keys) - 0.2))
+        name = {'rank1': 'Rank-1', 'rank5': 'Rank-5', 'rank10': 'Rank-10'}.get(metric, metric)
+        axes.set(title=f"{name} over {len(runs)} seed{'s' if len(runs) != 1 else ''} (%)", xlim=(-0.6, len(keys) - 0.2))
         axes.grid(alpha=0.3, axis='y')
         axes.legend(fontsize=7)
     figure.tight_layout()
