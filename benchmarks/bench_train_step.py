@@ -14,8 +14,6 @@ seeded weights and batch; the forward features of the first step are compared wi
   +channels_last   model and images in channels-last memory format
   +per-param-groups  the published optimizer layout: one Adam group per parameter, no fused kernel
                    (the framework's make_optimizer_stage2 builds two groups with a fused kernel)
-  +deterministic   SOLVER.DETERMINISTIC True (utils/device.set_deterministic); compare with the same
-                   variant without it, e.g. --variants 'sdpa fp32' 'sdpa fp32 +deterministic'
 
 Every variant runs the trainer's own step, processor/stage2.py::train_step, with its Stage2Criterion.
 
@@ -43,7 +41,6 @@ from model.clip_loader import build_clip  # noqa: E402
 from model.make_model_clipreid import ReIDModel  # noqa: E402
 from processor.stage2 import train_step  # noqa: E402
 from solver.make_optimizer import make_optimizer_stage2  # noqa: E402
-from utils.device import set_deterministic  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 REFERENCE = 'sdpa fp32'
@@ -56,15 +53,14 @@ CUDA_VARIANTS = ('published-style', 'explicit fp32', 'sdpa fp32', 'sdpa bf16 +pe
 def parse_variant(name: str, device: torch.device) -> dict:
     if name == 'published-style':
         return {'attention': 'module', 'precision': 'fp16' if device.type == 'cuda' else 'fp32',
-                'compile': False, 'channels_last': False, 'per_param_groups': True, 'deterministic': False}
+                'compile': False, 'channels_last': False, 'per_param_groups': True}
     words = name.split()
     attention, precision, flags = words[0], words[1], set(words[2:])
     if attention not in ('sdpa', 'explicit', 'module') or precision not in DTYPES or \
-            not flags <= {'+compile', '+channels_last', '+per-param-groups', '+deterministic'}:
+            not flags <= {'+compile', '+channels_last', '+per-param-groups'}:
         raise SystemExit(f"unknown variant '{name}'")
     return {'attention': attention, 'precision': precision, 'compile': '+compile' in flags,
-            'channels_last': '+channels_last' in flags, 'per_param_groups': '+per-param-groups' in flags,
-            'deterministic': '+deterministic' in flags}
+            'channels_last': '+channels_last' in flags, 'per_param_groups': '+per-param-groups' in flags}
 
 
 class PeakRss:
@@ -105,7 +101,6 @@ def make_step(spec: dict):
     """The variant's model, optimizer and batch, seeded; returns (step function, variant, device)."""
     device = torch.device(spec['device'])
     variant = parse_variant(spec['variant'], device)
-    set_deterministic(variant['deterministic'])
     torch.manual_seed(0)
     clip = build_clip(spec['model'])
     cameras, views = 15, 2
@@ -254,13 +249,6 @@ def main(argv=None):
     print("images/s and step ms: the fastest timed step; CPU share: process CPU time / (wall time x threads) "
           "over the timed steps (below 100%: other processes competed)")
     print("feat rel diff: max |feature - sdpa fp32 feature| / max |sdpa fp32 feature|, first step's forward")
-    by_name = {row['variant']: row for row in rows}
-    for row in rows:
-        plain = by_name.get(row['variant'].replace(' +deterministic', ''))
-        if row['deterministic'] and plain is not None and plain is not row:
-            row['speed_vs_nondeterministic'] = row['images_per_s'] / plain['images_per_s']
-            print(f"SOLVER.DETERMINISTIC: '{row['variant']}' runs at {row['speed_vs_nondeterministic']:.2f}x the "
-                  f"speed of '{plain['variant']}' (mean step {row['mean_step_s']:.3f} s vs {plain['mean_step_s']:.3f} s)")
     write_report(args.out, {'args': vars(args), 'batch': batch, 'steps': steps, 'machine': info,
                             'load_average_at_end': os.getloadavg(), 'rows': rows})
 
