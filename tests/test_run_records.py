@@ -15,6 +15,7 @@ from reporting import tensorboard
 from reporting.manifest import manifest_differences
 from tests.helpers import ROOT, tiny_opts
 from utils.device import set_deterministic
+from utils.errors import UserError
 
 pytest.importorskip('tensorboard')
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -155,3 +156,10 @@ def test_compare_results_lists_what_differs(trained, tiny_mssl, tmp_path):
     assert 'the manifests differ in 4 entries' in lines[4]
     differing = sorted(line.split()[0] for line in lines[5:])
     assert differing == ['config.SOLVER.DETERMINISTIC', 'config.SOLVER.SEED', 'deterministic', 'seed']
+
+
+def test_without_the_tensorboard_package_the_run_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # makes its import fail
+    with pytest.raises(UserError, match=r'LOG.TENSORBOARD True needs the tensorboard package .*LOG.TENSORBOARD False'):
+        tensorboard.open_writer(str(tmp_path))
+    assert not (tmp_path / 'tensorboard').exists()
