@@ -3,9 +3,11 @@
 It names the code (git commit, and whether tracked files differed from it), Python and the package
 versions, the device, the full config, the seed, a fingerprint of every dataset split (image count,
 identities, and a SHA-256 of its sorted file list relative to the dataset folder), the wall time of each
-stage and the peak memory. It is written when a run has set up ('status': 'running'), again after each
-stage, and at the end ('finished' or 'failed'). A run in a folder that already holds a manifest keeps
-the earlier one's summary under 'earlier' (a resumed training, a second test run).
+stage and the peak memory. A run writes it when it begins its first stage (stage 1, stage 2 or the
+evaluation; 'status': 'running'), at the start and end of every stage, and at the end ('finished' or
+'failed'). A run that stops before its first stage (a mistake found while setting up, a damaged
+resume state) leaves the folder's manifest as it was. A run in a folder that already holds a manifest
+keeps the earlier one's summary under 'earlier' (a resumed training, a second test run).
 
 `tools/compare_results.py A B` lists what differs between the manifests of two folders, and
 `tools/experiment.py` takes a 'finished' training manifest as the sign that a seed needs no more work.
@@ -112,7 +114,7 @@ def _earlier_summary(manifest: dict) -> dict:
 
 class RunManifest:
     """The manifest of one run: `stage(name)` times a stage, `finish(status)` closes it. Only the main
-    process writes; on the others every method does nothing."""
+    process writes; on the others every method does nothing. Nothing is written before the first stage."""
 
     def __init__(self, cfg, kind: str, device: torch.device, datasets: dict, argv: list, started: float):
         """`kind`: 'train' or 'test'; `datasets`: {role: (DATASETS name, dataset)}, e.g. {'train': ('mssl',
@@ -120,6 +122,7 @@ class RunManifest:
         self.output_dir = cfg.OUTPUT_DIR
         self.device = device
         self.active = distributed.is_main()
+        self.written = False
         self._start = started
         if not self.active:
             return
@@ -135,7 +138,6 @@ class RunManifest:
             'wall_time_s': {'setup': round(time.monotonic() - started, 2)}, 'peak_memory_mib': {},
             'earlier': ([*earlier.get('earlier', []), _earlier_summary(earlier)] if earlier else []),
         }
-        self.write()
 
     def write(self) -> None:
         if not self.active:
@@ -143,6 +145,7 @@ class RunManifest:
         self.record['wall_time_s']['total'] = round(time.monotonic() - self._start, 2)
         self.record['peak_memory_mib'] = peak_memory_mib(self.device)
         atomic_io.write_text(manifest_path(self.output_dir), json.dumps(self.record, indent=1) + '\n')
+        self.written = True
 
     def note(self, **fields) -> None:
         if self.active:
@@ -152,6 +155,7 @@ class RunManifest:
     def stage(self, name: str):
         """Add the wall time of the block to the stage `name` (stages may repeat: their times add up)."""
         start = time.monotonic()
+        self.write()
         try:
             yield
         finally:
@@ -161,7 +165,7 @@ class RunManifest:
                 self.write()
 
     def finish(self, status: str) -> None:
-        if not self.active or self.record['status'] != RUNNING:
+        if not self.active or not self.written or self.record['status'] != RUNNING:
             return
         self.record.update(status=status, ended=_now())
         self.write()

@@ -23,7 +23,7 @@ from utils.vocabulary import TENSORBOARD_DIR
 _NOT_PLOTTED = {'event', 'time', 'view', 'epoch', 'epochs', 'iter', 'iters', 'mode', 'weight', 'eta_s',
                 'num_query', 'num_valid_query', 'num_gallery'}
 
-_writers = {}  # real path of OUTPUT_DIR -> SummaryWriter
+_writers = {}  # real path of OUTPUT_DIR -> its SummaryWriter, None until its first record
 
 
 def tensorboard_dir(output_dir: str) -> str:
@@ -61,16 +61,14 @@ def scalars(record: dict) -> list[tuple[str, float, int]]:
 
 
 def open_writer(output_dir: str) -> None:
-    """Start writing OUTPUT_DIR's records to OUTPUT_DIR/tensorboard/ (until `close_writer`)."""
-    key = os.path.realpath(output_dir)
-    if key in _writers:
-        return
+    """Write OUTPUT_DIR's records to OUTPUT_DIR/tensorboard/ from now on (until `close_writer`); the event
+    file is made with the first record, so a run that stops before reporting anything leaves none."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        import torch.utils.tensorboard  # noqa: F401  (checked here, so that a missing package stops the run at once)
     except ImportError:
         raise UserError('LOG.TENSORBOARD True needs the tensorboard package (pip install tensorboard); or set '
                         'LOG.TENSORBOARD False') from None
-    _writers[key] = SummaryWriter(log_dir=tensorboard_dir(output_dir))
+    _writers.setdefault(os.path.realpath(output_dir), None)
 
 
 def close_writer(output_dir: str) -> None:
@@ -82,9 +80,13 @@ def close_writer(output_dir: str) -> None:
 def add_record(output_dir: str, record: dict) -> None:
     """Write a record's scalars when OUTPUT_DIR has an open writer; flushed at once, so that a run that
     stops loses nothing and TensorBoard shows each point as it comes."""
-    writer = _writers.get(os.path.realpath(output_dir))
-    if writer is None:
+    key = os.path.realpath(output_dir)
+    if key not in _writers:
         return
+    writer = _writers[key]
+    if writer is None:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = _writers[key] = SummaryWriter(log_dir=tensorboard_dir(output_dir))
     for tag, value, step in scalars(record):
         writer.add_scalar(tag, value, global_step=step, walltime=record.get('time'))
     writer.flush()

@@ -139,10 +139,22 @@ def test_tensorboard_off_and_a_test_run_manifest(trained, tiny_mssl, tmp_path):
     assert 'config.TEST.WEIGHT' in differences and 'wall_time_s.total' not in differences
 
 
-def test_a_failed_run_says_so_in_its_manifest(tiny_mssl, tmp_path):
-    with pytest.raises(SystemExit):  # a missing checkpoint: the run stops after its set-up
-        test_clipreid.main(tiny_opts(tiny_mssl, str(tmp_path), 'TEST.WEIGHT', str(tmp_path / 'none.pth')))
-    assert json.loads((tmp_path / 'manifest.json').read_text())['status'] == 'failed'
+def test_a_run_failing_in_a_stage_says_so_and_one_stopping_before_leaves_the_manifest(trained, tiny_mssl, tmp_path):
+    out = tmp_path / 'copy'
+    shutil.copytree(trained, out)
+    before = (out / 'manifest.json').read_bytes()
+    with pytest.raises(SystemExit):  # a missing checkpoint: stops while setting up
+        test_clipreid.main(tiny_opts(tiny_mssl, str(out), 'TEST.WEIGHT', str(tmp_path / 'none.pth')))
+    assert (out / 'manifest.json').read_bytes() == before
+    assert not list((out / 'tensorboard').glob('*'))[1:]  # still the training's one event file
+
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_mssl, data)
+    sorted((data / 'bounding_box_test').iterdir())[0].write_bytes(b'not an image')
+    with pytest.raises(SystemExit):  # an unreadable gallery image: stops in the evaluation
+        test_clipreid.main(tiny_opts(str(data), str(tmp_path / 'failed')))
+    manifest = json.loads((tmp_path / 'failed' / 'manifest.json').read_text())
+    assert manifest['status'] == 'failed' and manifest['ended'] and 'evaluation' in manifest['wall_time_s']
 
 
 @pytest.mark.slow
