@@ -121,6 +121,12 @@ _C.SOLVER.COMPILE = False
 _C.SOLVER.RESUME = ''
 # Keep only the newest N {MODEL.NAME}_{epoch}.pth weights checkpoints of a run; 0 = keep them all.
 _C.SOLVER.KEEP_CHECKPOINTS = 0
+# Deterministic mode: PyTorch's deterministic algorithms only (an operation without one stops the run,
+# naming it), cuDNN's deterministic kernels without autotuning, and CUBLAS_WORKSPACE_CONFIG ':4096:8'
+# (unless already set), so that two runs with the same seed on the same machine give identical weights.
+# It costs speed (docs/training.md, "Deterministic mode"); off, a run differs from another in about the
+# last digits of its floats, and that grows over epochs.
+_C.SOLVER.DETERMINISTIC = False
 
 # Stage 1: per-identity prompt learning, one text view at a time; encoders frozen; stepped per epoch.
 _C.SOLVER.STAGE1 = CN()
@@ -207,6 +213,15 @@ _C.TEST.VISUALIZE_TOPK = 10
 # each draw is the protocol trial<k>, and results_trials.json / results.md give the mean and sample
 # standard deviation over the draws (CLIP-ReID averages 10).
 _C.TEST.VEHICLEID_TRIALS = 10
+
+# ---------------------------------------------------------------------------------------------
+# LOG
+# ---------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# Write TensorBoard event files to OUTPUT_DIR/tensorboard/ (`tensorboard --logdir OUTPUT_DIR`): the losses
+# and their parts, learning rates, accuracy and every evaluation's metrics, of stage 1 and stage 2; the
+# same numbers as OUTPUT_DIR/metrics.jsonl. Needs the tensorboard package.
+_C.LOG.TENSORBOARD = True
 
 # ---------------------------------------------------------------------------------------------
 # Where logs, stage-1 text features, checkpoints and results go.

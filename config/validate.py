@@ -116,6 +116,7 @@ RULES = {
     'SOLVER.COMPILE': _BOOL,
     'SOLVER.RESUME': _PATH_OR_EMPTY,
     'SOLVER.KEEP_CHECKPOINTS': _int_at_least(0),
+    'SOLVER.DETERMINISTIC': _BOOL,
     'SOLVER.STAGE1.IMS_PER_BATCH': _int_at_least(1),
     'SOLVER.STAGE1.OPTIMIZER_NAME': _choice(OPTIMIZERS),
     'SOLVER.STAGE1.BASE_LR': _POSITIVE,
@@ -160,6 +161,7 @@ RULES = {
     'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
     'TEST.VEHICLEID_TRIALS': _int_at_least(1),
+    'LOG.TENSORBOARD': _BOOL,
     'OUTPUT_DIR': _NON_EMPTY,
 }
 

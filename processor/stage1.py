@@ -171,13 +171,14 @@ def learn_view(cfg, model, view: str, items: list, num_classes: int, device, log
         begin_epoch(scheduler, epoch)
         order = torch.randperm(len(items), generator=generator).to(device)
         total, steps = torch.zeros((), device=device, dtype=torch.float64), 0  # read once per epoch
-        for step, batch in enumerate(order.split(solver.IMS_PER_BATCH), start=1):
+        batches = order.split(solver.IMS_PER_BATCH)
+        for step, batch in enumerate(batches, start=1):
             loss, _ = prompt_step(model, view, optimizer, scaler, image_feats[batch], labels[batch], amp_dtype)
             distributed.check_replicas(learner.parameters(), f'stage 1 [{view}] epoch {epoch} step {step}')
             total, steps = total + loss, steps + 1
             if step % solver.LOG_PERIOD == 0:
                 report(logger, cfg.OUTPUT_DIR, 'stage1_iter', f"Stage 1 [{view}] epoch {epoch} iter {step}",
-                       view=view, epoch=epoch, iter=step, loss=float(loss))
+                       view=view, epoch=epoch, iter=step, iters=len(batches), loss=float(loss))
         epoch_losses.append(float(total) / steps)
         if not math.isfinite(epoch_losses[-1]):  # every rank computes the same loss, so all stop alike
             raise UserError(f"stage 1 [{view}] loss became non-finite (NaN or Inf) in epoch {epoch}; this view's "

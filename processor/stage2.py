@@ -100,12 +100,15 @@ class EpochTotals:
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.first_bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+        self.parts = {}  # loss part name -> running sum
         self.images = self.steps = 0
 
     def add(self, result: StepResult, step: int) -> None:
         bad = ~torch.isfinite(result.loss)
         self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), step, self.first_bad_step)
         self.loss += result.loss.double()
+        for name, part in result.parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + part.double()
         self.correct += result.correct
         self.images += result.images
         self.steps += 1
@@ -119,8 +122,13 @@ class EpochTotals:
             raise UserError(f"stage 2 loss became non-finite (NaN or Inf) at epoch {epoch} {at}; {where_to_resume} "
                             f"(try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
 
-    def means(self) -> tuple:
-        return float(self.loss) / max(self.steps, 1), int(self.correct) / max(self.images, 1)
+    def means(self) -> dict:
+        """{'loss', 'acc', 'loss_<part>'...}: the epoch's means, over the processes too."""
+        steps = max(self.steps, 1)
+        names = ['loss', 'acc', *(f'loss_{name}' for name in self.parts)]
+        values = (float(self.loss) / steps, int(self.correct) / max(self.images, 1),
+                  *(float(total) / steps for total in self.parts.values()))
+        return dict(zip(names, distributed.mean_across_ranks(*values)))
 
 
 def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int, device, logger,
@@ -191,13 +199,14 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                        **{f'loss_{name}': float(part) for name, part in result.parts.items()})
         totals.check_finite(epoch, last_good())
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before saving and evaluating
-        record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': None, 'acc': None, 'lr': current_lr(optimizer)}
-        record['loss'], record['acc'] = distributed.mean_across_ranks(*totals.means())
+        means = totals.means()
+        record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': means.pop('loss'), 'acc': means.pop('acc'),
+                  'lr': current_lr(optimizer)}
         epochs_run += 1
         epoch_s = time.monotonic() - epoch_start
         eta = (time.monotonic() - run_start) / epochs_run * (solver.MAX_EPOCHS - epoch)
         report(logger, cfg.OUTPUT_DIR, 'stage2_epoch', f"Stage 2 epoch {epoch}/{solver.MAX_EPOCHS}", bar=bar,
-               **record, time_s=epoch_s, eta_s=eta)
+               **record, **means, time_s=epoch_s, eta_s=eta)
         record.pop('epochs')
         last_epoch = epoch == solver.MAX_EPOCHS
         if epoch % solver.CHECKPOINT_PERIOD == 0 or last_epoch:

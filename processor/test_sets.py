@@ -25,6 +25,16 @@ from utils.run_lock import results_lock
 from reporting.visualize import write_reports
 
 
+def results_folder(output_dir: str, label: str) -> str:
+    """Where the results of the test dataset `label` go ('' = the training dataset's: OUTPUT_DIR)."""
+    return os.path.join(output_dir, f'test_{label}') if label else output_dir
+
+
+def results_key(label: str, protocol: str) -> str:
+    """The name a protocol's metrics go by: '<label>/<protocol>', or the protocol for the training dataset."""
+    return f'{label}/{protocol}' if label else protocol
+
+
 @dataclass
 class TestSet:
     name: str                  # DATASETS.NAMES value of the dataset
@@ -34,10 +44,10 @@ class TestSet:
     seen_cameras: bool         # its camera ids are those the model was trained with
 
     def output_dir(self, output_dir: str) -> str:
-        return os.path.join(output_dir, f'test_{self.label}') if self.label else output_dir
+        return results_folder(output_dir, self.label)
 
     def key(self, protocol: str) -> str:
-        return f'{self.label}/{protocol}' if self.label else protocol
+        return results_key(self.label, protocol)
 
     def config(self, cfg):
         """`cfg` with this test set's dataset and output folder (for the report writers)."""
@@ -61,16 +71,26 @@ def open_dataset(cfg, name: str, root: str) -> ReIDDataset:
     return init_dataset(name, root, dataset_options(cfg))
 
 
-def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
-    """The training dataset when DATASETS.TEST_NAMES is empty, else each dataset it names, read, checked
-    against TEST.EVAL_MODE and described in the log."""
+def labelled_test_datasets(cfg) -> list[tuple[str, str, str]]:
+    """(name, root, label) of each dataset of DATASETS.TEST_NAMES: the label is the name, or
+    '<name>_<position>' for a name that comes again."""
     names, roots = split_list(cfg.DATASETS.TEST_NAMES), split_list(cfg.DATASETS.TEST_ROOT_DIR)
-    if not names:
-        return [TestSet(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, train_dataset, '', True)]
-    test_sets, labels = [], set()
+    labelled, labels = [], set()
     for number, (name, root) in enumerate(zip(names, roots), start=1):
         label = name if name not in labels else f'{name}_{number}'
         labels.add(label)
+        labelled.append((name, root, label))
+    return labelled
+
+
+def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
+    """The training dataset when DATASETS.TEST_NAMES is empty, else each dataset it names, read, checked
+    against TEST.EVAL_MODE and described in the log."""
+    labelled = labelled_test_datasets(cfg)
+    if not labelled:
+        return [TestSet(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, train_dataset, '', True)]
+    test_sets = []
+    for name, root, label in labelled:
         same = name == cfg.DATASETS.NAMES and os.path.realpath(root) == os.path.realpath(cfg.DATASETS.ROOT_DIR)
         dataset = train_dataset if same else open_dataset(cfg, name, root)
         if not same and cfg.DATALOADER.SKIP_BAD_IMAGES:

@@ -276,6 +276,33 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
     return True
 
 
+def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP', 'rank1')) -> None:
+    """summary.png of an experiment: per metric, each seed's value per protocol (one colour a seed) and
+    the mean ± sample standard deviation beside them."""
+    keys = list(summary)
+    figure = _figure(max(4.0, 1.1 * len(keys) + 1.5) * len(metrics), 3.8)
+    for k, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), k + 1)
+        offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else [0.0]
+        for offset, run in zip(offsets, runs):
+            x = [i + offset for i, key in enumerate(keys) if run['results'].get(key, {}).get(metric) is not None]
+            y = [100 * run['results'][key][metric] for key in keys
+                 if run['results'].get(key, {}).get(metric) is not None]
+            axes.plot(x, y, 'o', markersize=5, label=f"seed {run['seed']}")
+        for i, key in enumerate(keys):
+            stats = summary[key].get(metric)
+            if stats is not None:
+                axes.errorbar(i + 0.3, 100 * stats['mean'], yerr=100 * (stats['std'] or 0.0), fmt='s', color='black',
+                              markersize=5, capsize=4, label='mean ± std' if i == 0 else None)
+        axes.set_xticks(range(len(keys)), keys, rotation=30 if len(keys) > 4 else 0)
+        name = {'rank1': 'Rank-1', 'rank5': 'Rank-5', 'rank10': 'Rank-10'}.get(metric, metric)
+        axes.set(title=f"{name} over {len(runs)} seed{'s' if len(runs) != 1 else ''} (%)", xlim=(-0.6, len(keys) - 0.2))
+        axes.grid(alpha=0.3, axis='y')
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Results table and the reports of a run
 # ---------------------------------------------------------------------------------------------

@@ -36,8 +36,10 @@ SHORT = ('SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '1')  # on
 
 
 def written_outputs(out: Path) -> list:
-    """Checkpoints, caches, results and temporary files in an output folder (logs do not count)."""
-    return sorted(p.name for p in out.glob('*') if p.suffix in ('.pth', '.pt', '.json', '.npz', '.tmp')) + \
+    """Checkpoints, caches, results and temporary files in an output folder (logs and manifest.json, the
+    record of what ran, do not count)."""
+    return sorted(p.name for p in out.glob('*') if p.suffix in ('.pth', '.pt', '.json', '.npz', '.tmp')
+                  and p.name != 'manifest.json') + \
         sorted(p.name for p in out.glob('.*.tmp'))
 
 
