@@ -14,6 +14,7 @@ from utils.checkpoint import load_checkpoint_file
 from utils.device import deterministic_operations_only
 from utils.errors import UserError, exit_on_user_error
 from utils.vocabulary import TEST_LOG
+from processor.settings import model_settings
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
@@ -38,7 +39,7 @@ def evaluate(run: Run) -> dict:
     state, meta = load_reid_checkpoint(weight) if weight else (None, None)
     for difference in config_differences(meta, cfg):
         logger.warning(f"{weight} was trained with {difference}: the features may not be what it learnt")
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        load_pretrained=state is None)
     if state is not None:
         model.load_image_state_dict(state, for_test=True)

@@ -10,12 +10,13 @@ from processor.stage2 import train_stage2
 from processor.test_sets import evaluate_test_sets
 from datasets.make_dataloader import make_train_loader
 from utils import distributed
-from utils.checkpoint import start_or_resume
+from processor.resume import start_or_resume
 from processor.run import Run
 from utils.device import deterministic_operations_only, seed_everything
 from utils.errors import exit_on_user_error
 from utils.vocabulary import TRAIN_LOG
 from reporting.visualize import write_training_curves
+from processor.settings import loader_settings, model_settings
 
 
 @exit_on_user_error
@@ -35,9 +36,9 @@ def train(run: Run) -> dict:
     if resume is not None:
         run.manifest.note(resumed_from_epoch=resume['epoch'])
     # Built first, so that a training set too small for a batch stops the run straight away.
-    train_loader = make_train_loader(cfg, dataset.train, device, num_replicas=distributed.world_size(),
+    train_loader = make_train_loader(loader_settings(cfg), dataset.train, device, num_replicas=distributed.world_size(),
                                      rank=distributed.rank())
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        text_views=text_views, load_pretrained=resume is None).to(device)
     if resume is not None:
         text_features = resume['text_features']  # the ones the interrupted run trained against

@@ -13,6 +13,7 @@ from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
 from utils.vocabulary import ALL_PROTOCOLS, METRIC_KEYS, features_file, results_file
+from processor.settings import loader_settings
 
 UNSEEN_CAMERA = -1
 
@@ -67,7 +68,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
         for item in (*query, *gallery):
             index_of.setdefault(item[0], (len(index_of), item))
     items = [item for _, item in index_of.values()]  # dicts keep insertion order = index order
-    feats = extract_features(model, make_ordered_loader(cfg, distributed.local_shard(items), device), device,
+    feats = extract_features(model, make_ordered_loader(loader_settings(cfg), distributed.local_shard(items), device), device,
                              amp_dtype, unseen_cameras)
     feats = distributed.gather_shards(feats, len(items))
     if not distributed.is_main():

@@ -28,6 +28,7 @@ from reporting.metrics_log import report
 from utils.errors import UserError
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
+from processor.settings import loader_settings
 
 CACHE_NAME = STAGE1_CACHE
 
@@ -109,7 +110,7 @@ def view_image_features(model, cfg, items: list, device, amp_dtype=None) -> torc
     transform, no side information, eval mode."""
     chunks = []
     model.eval()
-    loader = make_ordered_loader(cfg, distributed.local_shard(items), device)
+    loader = make_ordered_loader(loader_settings(cfg), distributed.local_shard(items), device)
     for images, *_ in progress(loader, desc='stage 1 image features', leave=False, unit='batch'):
         with autocast(device, amp_dtype):
             chunks.append(model.encode_image_proj(images.to(device)).float())

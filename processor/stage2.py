@@ -16,11 +16,12 @@ import torch
 
 from loss.make_loss import Stage2Criterion
 from model.checkpoint_meta import describe_model
+from processor import resume as training_state
 from processor.accumulation import accumulated_step, check_sub_batches
 from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
-from utils import atomic_io, checkpoint, distributed
+from utils import atomic_io, distributed
 from utils.device import grad_scaler
 from utils.errors import UserError
 from utils.out_of_memory import stop_on_out_of_memory
@@ -44,7 +45,7 @@ def save_checkpoint(cfg, model, epoch: int) -> str:
     if distributed.is_main():
         atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump(),
                               'meta': describe_model(cfg, model)}, path)
-        checkpoint.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
+        training_state.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
 
 
@@ -135,7 +136,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                  evaluate_fn=None, amp_dtype=None, resume: dict | None = None) -> dict:
     """Train; returns {'checkpoint': last path, 'history': [{'epoch', 'loss', 'acc', 'eval'?}]}.
 
-    `resume`: a state from utils.checkpoint.start_or_resume; training continues after its epoch. Every
+    `resume`: a state from processor.resume.start_or_resume; training continues after its epoch. Every
     epoch ends by writing OUTPUT_DIR/resume.pth.
     """
     solver = cfg.SOLVER.STAGE2
@@ -146,7 +147,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         net = torch.compile(net)
     history, last_checkpoint, first_epoch, resumable = [], None, 1, ''
     if resume is not None:
-        first_epoch, history, last_checkpoint = checkpoint.restore_training_state(
+        first_epoch, history, last_checkpoint = training_state.restore_training_state(
             resume, model, optimizer, scheduler, scaler, device, logger)
         resumable = f"{resume['path']} holds the state after epoch {first_epoch - 1}"
         if first_epoch > solver.MAX_EPOCHS:
@@ -174,7 +175,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         begin_epoch(scheduler, epoch)
         train_loader.sampler.set_epoch(epoch)
         # Worker seeds depend on the epoch only, so a resumed epoch sees the same augmentation.
-        train_loader.generator = checkpoint.epoch_generator(cfg.SOLVER.SEED, epoch)
+        train_loader.generator = training_state.epoch_generator(cfg.SOLVER.SEED, epoch)
         model.train()
         if bar is None:  # made here so that a run starting at a later epoch counts from there
             bar = progress(initial=(epoch - 1) * len(train_loader), desc='stage 2', unit='it', logger=logger)
@@ -218,7 +219,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                 record['eval'] = evaluate_fn(model)  # RNG-neutral: evaluating never changes the training
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)
-        path = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
+        path = training_state.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
                                             history, last_checkpoint, device, meta=describe_model(cfg, model))
         resumable = f"{path} holds the state after epoch {epoch}"
     if bar is not None:

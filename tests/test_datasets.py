@@ -12,6 +12,7 @@ from datasets.market1501 import Market1501, parse_market_name
 from datasets.mssl import GROUND_CAMERAS, MSSL, SKY_CAMERAS, parse_mssl_name
 from datasets.synthetic_mssl import generate, main as synthetic_main
 from utils.errors import UserError
+from processor.settings import loader_settings
 
 
 def make_tree(root, layout: dict[str, list[str]]):
@@ -326,8 +327,8 @@ def test_loaders_normalise_with_the_configured_statistics(tiny_mssl):
     cfg = load_config('', tiny_opts(tiny_mssl, 'unused', 'INPUT.PIXEL_MEAN', str(mean), 'INPUT.PIXEL_STD', str(std),
                                     'INPUT.PROB', '0.0', 'INPUT.PADDING', '0', 'INPUT.RE_PROB', '0.0'))
     items, cpu = init_dataset('mssl', tiny_mssl).train, torch.device('cpu')
-    for loader, interpolation in ((make_ordered_loader(cfg, items[:4], cpu), T.InterpolationMode.BILINEAR),
-                                  (make_train_loader(cfg, items, cpu), T.InterpolationMode.BICUBIC)):
+    for loader, interpolation in ((make_ordered_loader(loader_settings(cfg), items[:4], cpu), T.InterpolationMode.BILINEAR),
+                                  (make_train_loader(loader_settings(cfg), items, cpu), T.InterpolationMode.BICUBIC)):
         images, _, _, _, paths = next(iter(loader))
         for image, path in zip(images[:3], paths):
             pixels = np.array(T.Resize(list(cfg.INPUT.SIZE_TEST), interpolation)(Image.open(path).convert('RGB')))

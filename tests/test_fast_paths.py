@@ -18,6 +18,7 @@ from model.make_model_clipreid import ReIDModel
 from processor.stage2 import train_stage2
 from tests.helpers import tiny_opts
 from utils.device import autocast, autocast_dtype
+from processor.settings import loader_settings, model_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypat
                                     'SOLVER.STAGE2.MAX_EPOCHS', '1', 'SOLVER.STAGE2.EVAL_PERIOD', '1'))
     dataset = init_dataset('mssl', tiny_mssl)
     torch.manual_seed(0)
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views)
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views)
     compiled = []
     real_compile = torch.compile
 
@@ -84,7 +85,7 @@ def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypat
     monkeypatch.setattr(torch, 'compile', spy)
     device = torch.device('cpu')
     text = {view: torch.randn(dataset.num_train_pids, model.image_encoder.embed_dim) for view in ('ground', 'sky')}
-    outcome = train_stage2(cfg, model, text, make_train_loader(cfg, dataset.train, device),
+    outcome = train_stage2(cfg, model, text, make_train_loader(loader_settings(cfg), dataset.train, device),
                            dataset.num_train_pids, device, logging.getLogger('test'))
     assert compiled == [model]
     assert torch.isfinite(torch.tensor(outcome['history'][0]['loss']))

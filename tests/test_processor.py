@@ -13,6 +13,7 @@ from processor import stage2
 from processor.stage2 import i2t_terms
 from tests.helpers import HostSyncs, tiny_opts
 from utils.errors import UserError
+from processor.settings import loader_settings, model_settings
 
 LOGGER = logging.getLogger('test')
 
@@ -21,7 +22,7 @@ def _setup(root, out, *extra):
     cfg = load_config('', tiny_opts(root, str(out), *extra))
     dataset = init_dataset('mssl', root)
     torch.manual_seed(cfg.SOLVER.SEED)
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        text_views=stage1.text_views_to_learn(cfg))
     return cfg, dataset, model
 
@@ -236,7 +237,7 @@ def test_a_summary_is_the_mean_and_sample_std_of_its_members():
 def _tiny_model_for_steps():
     cfg = load_config('', tiny_opts('unused', 'unused'))
     torch.manual_seed(0)
-    model = make_model(cfg, 4, camera_num=3, view_num=2, text_views=stage1.text_views_to_learn(cfg),
+    model = make_model(model_settings(cfg), 4, camera_num=3, view_num=2, text_views=stage1.text_views_to_learn(cfg),
                        load_pretrained=False)
     embed = model.text_encoder.text_projection.shape[1]
     text_features = {view: torch.randn(4, embed) for view in model.prompt_learners}
@@ -319,7 +320,7 @@ def _stage2_run(tiny_mssl, out, *extra, evaluate=True):
     embed = model.text_encoder.text_projection.shape[1]
     text = {view: torch.randn(dataset.num_train_pids, embed, generator=torch.Generator().manual_seed(5))
             for view in model.prompt_learners}
-    loader = make_train_loader(cfg, dataset.train, cpu)
+    loader = make_train_loader(loader_settings(cfg), dataset.train, cpu)
     test_sets = build_test_sets(cfg, dataset, LOGGER)
     seed_everything(cfg.SOLVER.SEED)
     evaluate_fn = (lambda trained: evaluate_test_sets(cfg, trained, test_sets, cpu, LOGGER)) if evaluate else None
@@ -379,7 +380,7 @@ def test_cross_dataset_images_get_the_features_of_an_unknown_camera(tiny_mssl, t
     @torch.no_grad()
     def features(camera_of):
         return torch.cat([model.eval()(images, cam_label=camera_of(camids), view_label=views)
-                          for images, _, camids, views, _ in make_ordered_loader(cfg, query, cpu)]).numpy()
+                          for images, _, camids, views, _ in make_ordered_loader(loader_settings(cfg), query, cpu)]).numpy()
 
     unknown = features(lambda camids: torch.full_like(camids, -1))
     assert np.allclose(saved['qf'], unknown, atol=1e-6, rtol=0)

@@ -22,6 +22,7 @@ from model.published_format import to_published
 from processor import stage1, stage2
 from solver.scheduler import begin_epoch
 from tests.test_published_reference import REF, REF_ARCH, RECIPE, SEED_OVERRIDES, relative_difference
+from processor.settings import loader_settings, model_settings
 
 CPU = torch.device('cpu')
 LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4
@@ -58,7 +59,7 @@ def dataset():
 def batch(dataset, cfg):
     """The published batch: the 15 training images sorted by file name, through this project's test loader."""
     items = sorted(dataset.train, key=lambda item: Path(item[0]).name)
-    images = torch.cat([chunk for chunk, *_ in make_ordered_loader(cfg, items, CPU)])
+    images = torch.cat([chunk for chunk, *_ in make_ordered_loader(loader_settings(cfg), items, CPU)])
     pids, camids, views = (torch.tensor([item[k] for item in items]) for k in (1, 2, 3))
     return items, images, pids, camids, views
 
@@ -66,7 +67,7 @@ def batch(dataset, cfg):
 def build_model(cfg, dataset, published_state, text_views):
     with pytest.MonkeyPatch.context() as patch:  # the reference's tiny sizes under the recipe's config
         patch.setattr(clip_loader, 'supported_models', lambda: [REF_ARCH])
-        model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+        model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                            text_views=text_views, load_pretrained=False)
     model.load_image_state_dict(published_state, for_test=False)
     return model

@@ -28,8 +28,10 @@ from datasets import init_dataset
 from model import make_model
 from loss import make_loss
 from tests.helpers import ROOT, fails, tiny_opts
-from utils import atomic_io, checkpoint
+from processor import resume as training_state
+from utils import atomic_io
 from utils.errors import UserError
+from processor.settings import model_settings
 
 MODEL = 'ViT-Tiny-16'
 SHORT = ('SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '1')  # one epoch of each stage
@@ -216,7 +218,7 @@ class Payload:
 def reid_weights(path: Path, root: str, *overrides: str, num_classes: int = 0) -> Path:
     cfg = load_config('', tiny_opts(root, str(path.parent), *overrides))
     dataset = init_dataset('mssl', root)
-    model = make_model(cfg, num_classes or dataset.num_train_pids, dataset.num_train_cams,
+    model = make_model(model_settings(cfg), num_classes or dataset.num_train_pids, dataset.num_train_cams,
                        dataset.num_train_views, load_pretrained=False)
     torch.save({'model': model.image_state_dict(), 'epoch': 1}, path)
     return path
@@ -272,7 +274,7 @@ def test_checkpoint_of_another_identity_count_is_tested_without_its_classifiers(
 def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(tiny_mssl, tmp_path, capsys,
                                                                               monkeypatch):
     poisoned = []
-    real_loss, real_save = make_loss.msp_stage2_loss, checkpoint.save_resume_state
+    real_loss, real_save = make_loss.msp_stage2_loss, training_state.save_resume_state
 
     def loss(*args, **kwargs):
         value, parts = real_loss(*args, **kwargs)
@@ -284,7 +286,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(t
         return path
 
     monkeypatch.setattr(make_loss, 'msp_stage2_loss', loss)  # what Stage2Criterion calls
-    monkeypatch.setattr(checkpoint, 'save_resume_state', save_then_poison)
+    monkeypatch.setattr(training_state, 'save_resume_state', save_then_poison)
     out = tmp_path / 'out'
     line = fails(train_clipreid.main, tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE1.MAX_EPOCHS', '1',
                                                 'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1'), capsys)
@@ -362,12 +364,12 @@ def test_resume_with_loader_workers_gives_the_uninterrupted_weights(tiny_mssl, t
 
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    state = checkpoint.capture_rng(torch.device('cpu'))
+    state = training_state.capture_rng(torch.device('cpu'))
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.save({'rng': [state]}, tmp_path / 'rng.pth')
     loaded = torch.load(tmp_path / 'rng.pth', weights_only=True)['rng'][0]
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
-    checkpoint.restore_rng(loaded, torch.device('cpu'))
+    training_state.restore_rng(loaded, torch.device('cpu'))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
 
@@ -377,8 +379,8 @@ def test_pruning_keeps_the_newest_checkpoints_of_this_run(tmp_path):
         (tmp_path / f'{MODEL}_{epoch}.pth').write_bytes(b'x')
     (tmp_path / 'resume.pth').write_bytes(b'x')
     (tmp_path / f'{MODEL}_best.pth').write_bytes(b'x')
-    assert checkpoint.prune_checkpoints(str(tmp_path), MODEL, 0, 5) == []
-    removed = checkpoint.prune_checkpoints(str(tmp_path), MODEL, 2, 5)
+    assert training_state.prune_checkpoints(str(tmp_path), MODEL, 0, 5) == []
+    removed = training_state.prune_checkpoints(str(tmp_path), MODEL, 2, 5)
     assert sorted(Path(p).name for p in removed) == [f'{MODEL}_1.pth', f'{MODEL}_2.pth']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f'{MODEL}_3.pth', f'{MODEL}_5.pth', f'{MODEL}_9.pth', 'resume.pth', f'{MODEL}_best.pth'])
@@ -433,7 +435,7 @@ def test_files_are_written_with_cpu_tensors(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device to save from')
 def test_checkpoint_saved_from_a_gpu_loads_where_there_is_none(tmp_path):
     cfg = load_config('', tiny_opts('unused', str(tmp_path)))
-    model = make_model(cfg, 4, camera_num=3, view_num=2, load_pretrained=False).to('cuda')
+    model = make_model(model_settings(cfg), 4, camera_num=3, view_num=2, load_pretrained=False).to('cuda')
     from processor.stage2 import save_checkpoint
     path = save_checkpoint(cfg, model, 1)
     code = (f"import torch; state = torch.load({path!r}, weights_only=True); "
