@@ -51,6 +51,7 @@ def train(run: Run) -> dict:
     def evaluate_fn(trained_model):
         with run.manifest.stage('evaluation'):  # part of stage 2's time too
             return evaluate_test_sets(cfg, trained_model, run.test_sets, device, logger, run.test_amp_dtype,
+                                      save_features=cfg.TEST.SAVE_FEATURES,
                                       details={'evaluated': 'the latest evaluation during training'})
 
     with run.manifest.stage('stage2'):

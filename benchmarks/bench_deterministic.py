@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import describe_machine, machine_info, print_table, sync, write_report  # noqa: E402
-from bench_train_step import add_step_arguments, make_step  # noqa: E402
+from bench_train_step import add_step_arguments, is_resnet, make_step  # noqa: E402
 
 from utils.device import CUBLAS_DETERMINISTIC_WORKSPACE, set_deterministic  # noqa: E402
 
@@ -35,6 +35,7 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=None, help='timed off/on pairs (default: 20 on CUDA, 4 on CPU)')
     parser.add_argument('--out', default='bench_deterministic.json')
     args = parser.parse_args(argv)
+    args.stride = args.stride or ([16, 16] if is_resnet(args.model) else [12, 12])
     device = torch.device(args.device)
     on_cuda = device.type == 'cuda'
     if on_cuda:
@@ -47,7 +48,8 @@ def main(argv=None):
           f"batch {batch}, {rounds} rounds of one step per mode (after one warm-up step each); "
           f"{describe_machine(info)}", flush=True)
     step, _, _ = make_step({'variant': variant, 'model': args.model, 'device': args.device, 'batch': batch,
-                            'size': args.size, 'stride': args.stride, 'num_classes': args.num_classes})
+                            'size': args.size, 'stride': args.stride, 'num_classes': args.num_classes,
+                            'objective': args.objective})
     walls = {mode: [] for mode in MODES}
     cpu = {mode: [] for mode in MODES}
 

@@ -13,24 +13,27 @@ _C = CN()
 _C.MODEL = CN()
 # 'auto' = CUDA when available, else CPU; or an explicit torch device string ('cpu', 'cuda', 'cuda:1').
 _C.MODEL.DEVICE = 'auto'
-# open_clip architecture name: 'ViT-B-16' (the published recipe), any open_clip ViT, or 'ViT-Tiny-16'
-# (a tiny randomly initialised ViT-B-16-shaped model for the demo and the tests).
+# open_clip architecture name of an OpenAI CLIP: 'ViT-B-16' (the published recipe) or another ViT, 'RN50'
+# (CLIP-ReID's CNN backbone) or another ResNet; or 'ViT-Tiny-16' / 'RN-Tiny' (tiny randomly initialised
+# models of the two families for the demo and the tests).
 _C.MODEL.NAME = 'ViT-B-16'
 # Local OpenAI CLIP checkpoint (TorchScript archive or state dict). Empty: open_clip's own resolution of
 # the 'openai' pretrained tag (its cache, or a download when online).
 _C.MODEL.PRETRAIN_PATH = ''
 # Stride of the patch embedding [height, width]; smaller than the patch size gives overlapping patches
-# (the seed's commands use [12, 12]).
+# (the seed's commands use [12, 12]). ViT only: a ResNet keeps [16, 16].
 _C.MODEL.STRIDE_SIZE = [16, 16]
 # Side-information embedding (SIE) added to the class token: a learnable table per camera, per view or
-# per (camera, view), scaled by SIE_COE.
+# per (camera, view), scaled by SIE_COE. ViT only (as in CLIP-ReID): a ResNet has no class token.
 _C.MODEL.SIE_CAMERA = False
 _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 3.0
 # Prompt templates; consecutive 'X' words are replaced by learnable per-identity context vectors.
 # The number of fixed tokens before them is derived from the template.
-# 'all' text view (single-prompt CLIP-ReID), 'sky' view (drone images), 'ground' view.
-_C.MODEL.PROMPT_TEMPLATE = 'A photo of a X X X X person.'
+# 'all' text view (single-prompt CLIP-ReID): empty = the training dataset's own, as CLIP-ReID chooses
+# it: 'A photo of a X X X X vehicle.' for veri and vehicleid, 'A photo of a X X X X person.' for the
+# others (the log and the saved config show the one used). 'sky' view (drone images), 'ground' view.
+_C.MODEL.PROMPT_TEMPLATE = ''
 _C.MODEL.PROMPT_TEMPLATE_SKY = 'A sky photo of a X X X X person.'
 _C.MODEL.PROMPT_TEMPLATE_GROUND = 'A ground photo of a X X X X person.'
 # Stage-2 loss = ID_LOSS_WEIGHT * ID + TRIPLET_LOSS_WEIGHT * triplet + sum of image-to-text terms.
@@ -68,8 +71,9 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # DATASETS
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'market1501' or 'csv'
-# (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
+# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', CLIP-ReID's 'market1501',
+# 'msmt17', 'dukemtmcreid' (or CLIP-ReID's name 'dukemtmc'), 'occ_duke', 'veri', 'vehicleid' (or
+# 'VehicleID'), or 'csv' (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
 _C.DATASETS.NAMES = 'mssl'
 # Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query) and,
 # for the datasets that ship them, the protocol lists (for AG-ReID.v2 the outer AG-ReID.v2/ folder).
@@ -80,6 +84,8 @@ _C.DATASETS.ROOT_DIR = 'data/mssl'
 # OUTPUT_DIR/test_<name>/. Empty: evaluate on the training dataset, results in OUTPUT_DIR.
 _C.DATASETS.TEST_NAMES = ''
 _C.DATASETS.TEST_ROOT_DIR = ''
+# VehicleID's test set: the vehicles of train_test_split/test_list_<size>.txt, 800, 1600 or 2400.
+_C.DATASETS.VEHICLEID_TEST_SIZE = 800
 
 # ---------------------------------------------------------------------------------------------
 # DATALOADER
@@ -194,7 +200,8 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
+# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths): in testing, and in
+# training at each evaluation (the file then holds the latest one's).
 _C.TEST.SAVE_FEATURES = False
 # Draw ranked lists (OUTPUT_DIR/ranked_<MODE>.png): for VISUALIZE_QUERIES queries per mode (a third
 # of them easy, the rest the hardest, i.e. lowest AP), the top VISUALIZE_TOPK gallery images with a
@@ -202,6 +209,10 @@ _C.TEST.SAVE_FEATURES = False
 _C.TEST.VISUALIZE = False
 _C.TEST.VISUALIZE_QUERIES = 8
 _C.TEST.VISUALIZE_TOPK = 10
+# VehicleID: how many times its gallery (one random image per test vehicle) is drawn, from SOLVER.SEED;
+# each draw is the protocol trial<k>, and results_trials.json / results.md give the mean and sample
+# standard deviation over the draws (CLIP-ReID averages 10).
+_C.TEST.VEHICLEID_TRIALS = 10
 
 # ---------------------------------------------------------------------------------------------
 # LOG

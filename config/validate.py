@@ -81,7 +81,8 @@ RULES = {
     'MODEL.SIE_CAMERA': _BOOL,
     'MODEL.SIE_VIEW': _BOOL,
     'MODEL.SIE_COE': _NON_NEGATIVE,
-    'MODEL.PROMPT_TEMPLATE': _TEMPLATE,
+    'MODEL.PROMPT_TEMPLATE': ((lambda v: v == '' or _TEMPLATE[0](v)),
+                              "must be empty (the dataset's own) or contain 'X' placeholder words"),
     'MODEL.PROMPT_TEMPLATE_SKY': _TEMPLATE,
     'MODEL.PROMPT_TEMPLATE_GROUND': _TEMPLATE,
     'MODEL.ID_LOSS_WEIGHT': _NON_NEGATIVE,
@@ -105,6 +106,7 @@ RULES = {
     'DATASETS.ROOT_DIR': _NON_EMPTY,
     'DATASETS.TEST_NAMES': _COMMA_LIST,
     'DATASETS.TEST_ROOT_DIR': _COMMA_LIST,
+    'DATASETS.VEHICLEID_TEST_SIZE': _choice((800, 1600, 2400)),
     'DATALOADER.NUM_WORKERS': _int_at_least(0),
     'DATALOADER.NUM_INSTANCE': _int_at_least(1),
     'DATALOADER.SKIP_BAD_IMAGES': _BOOL,
@@ -158,6 +160,7 @@ RULES = {
     'TEST.VISUALIZE': _BOOL,
     'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
+    'TEST.VEHICLEID_TRIALS': _int_at_least(1),
     'LOG.TENSORBOARD': _BOOL,
     'OUTPUT_DIR': _NON_EMPTY,
 }
@@ -190,6 +193,7 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if batch % accum or (batch // accum) % k or batch // accum // k < 2:
         _fail('SOLVER.STAGE2.ACCUM_STEPS', accum, f'must split SOLVER.STAGE2.IMS_PER_BATCH ({batch}) into sub-batches '
               f'of at least 2 whole identities of DATALOADER.NUM_INSTANCE ({k}) images')
+    _check_backbone_options(cfg)
     if list(cfg.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
         _fail('INPUT.SIZE_TEST', list(cfg.INPUT.SIZE_TEST), f'must equal INPUT.SIZE_TRAIN '
               f'({list(cfg.INPUT.SIZE_TRAIN)}): the position grid of the image tower is built for that size')
@@ -210,6 +214,37 @@ def _check_cross_key_rules(cfg: CN) -> None:
         _fail('DATASETS.TEST_ROOT_DIR', cfg.DATASETS.TEST_ROOT_DIR,
               f'needs one folder per DATASETS.TEST_NAMES entry ({len(test_names)}), got {len(test_roots)}')
     _check_eval_mode_is_declared(cfg.TEST.EVAL_MODE, test_names or [cfg.DATASETS.NAMES], FACTORY)
+    _check_text_views_fit_the_dataset(cfg, FACTORY[cfg.DATASETS.NAMES])
+
+
+def _check_text_views_fit_the_dataset(cfg: CN, dataset) -> None:
+    """The sky and ground views of the image-to-text terms exist only in datasets whose views are sky
+    and ground (not in VeRi-776's viewpoints or VehicleID's single view)."""
+    if dataset.sky_ground_views:
+        return
+    for key in ('MODEL.I2T_TEXT_VIEWS', 'MODEL.I2T_IMAGE_VIEWS'):
+        views = _get(cfg, key)
+        if any(view != 'all' and weight > 0 for view, weight in zip(views, cfg.MODEL.I2T_LOSS_WEIGHTS)):
+            _fail(key, tuple(views), f"dataset '{dataset.name}' has no sky and ground views: use ('all',) with "
+                  f"MODEL.I2T_TEXT_VIEWS / MODEL.I2T_IMAGE_VIEWS / MODEL.I2T_LOSS_WEIGHTS of one term each "
+                  f"(CLIP-ReID: ('all',) ('all',) (1.0,))")
+
+
+def _check_backbone_options(cfg: CN) -> None:
+    """Options only a ViT has, refused for a ResNet MODEL.NAME (RN50), as CLIP-ReID builds it."""
+    from model.clip_loader import image_tower_family  # imported here: model imports utils, not config
+    from model.published_format import RESNET_FAMILY
+    name = cfg.MODEL.NAME
+    if image_tower_family(name) != RESNET_FAMILY:
+        return
+    for key in ('MODEL.SIE_CAMERA', 'MODEL.SIE_VIEW'):
+        if _get(cfg, key):
+            _fail(key, True, f"side information (SIE) is added to a ViT's class token; MODEL.NAME '{name}' is a "
+                             f"ResNet, which has none (as in CLIP-ReID): pass {key} False")
+    if list(cfg.MODEL.STRIDE_SIZE) != [16, 16]:
+        _fail('MODEL.STRIDE_SIZE', list(cfg.MODEL.STRIDE_SIZE),
+              f"the patch stride of a ViT; MODEL.NAME '{name}' is a ResNet, which has no patches: leave it "
+              f"at [16, 16]")
 
 
 def split_list(value: str) -> list:

@@ -7,7 +7,8 @@ from torch import nn
 
 from model.clip_loader import build_clip, load_clip
 from model.image_encoder import ImageEncoder, build_image_encoder
-from model.published_format import from_published, is_published_layout, refuse_cnn, strip_data_parallel
+from model.published_format import (PUBLISHED_SIE_KEY, checkpoint_family, family_mismatch, from_published,
+                                     is_published_layout, strip_data_parallel)
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
 from utils.vocabulary import PROMPT_TEMPLATE_KEYS
@@ -17,7 +18,6 @@ logger = logging.getLogger(__name__)
 IMAGE_PREFIXES = ('image_encoder.', 'bottleneck.', 'bottleneck_proj.', 'classifier.', 'classifier_proj.')
 CLASSIFIER_PREFIXES = ('classifier.', 'classifier_proj.')
 SIE_KEY = 'image_encoder.sie_embed'
-POS_KEY = 'image_encoder.positional_embedding'
 
 
 def _bnneck(dim: int) -> nn.BatchNorm1d:
@@ -99,7 +99,7 @@ class ReIDModel(nn.Module):
         if view not in self.prompt_learners:
             raise ValueError(f"no prompt learner for text view '{view}'; built: {sorted(self.prompt_learners)}")
         learner = self.prompt_learners[view]
-        return self.text_encoder(learner(labels), learner.tokenized)
+        return self.text_encoder(learner(labels), learner.tokenized, last_end_of_text=learner.end_of_text)
 
     def image_state_dict(self) -> Dict[str, torch.Tensor]:
         """Weights of the image side only: what a re-ID checkpoint stores."""
@@ -121,17 +121,23 @@ class ReIDModel(nn.Module):
         (model/published_format.py), with or without DataParallel's `module.` prefix. Classifiers of
         another identity count are skipped for testing."""
         sd = strip_data_parallel(state_dict)
-        refuse_cnn(sd)
+        encoder = self.image_encoder
+        mismatch = family_mismatch(checkpoint_family(sd), self.model_name, encoder.family or None)
+        if mismatch:
+            raise UserError(mismatch)
         if is_published_layout(sd):
             sd, dropped = from_published(sd)
-            if dropped:
+            text_side = [k for k in dropped if k != PUBLISHED_SIE_KEY]
+            if text_side:
                 logger.info('published checkpoint: its %d stage-1 text-side tensors (prompt_learner.*, '
-                            'text_encoder.*) are not used by the image model and were ignored', len(dropped))
+                            'text_encoder.*) are not used by the image model and were ignored', len(text_side))
+            if PUBLISHED_SIE_KEY in dropped:
+                logger.info('published checkpoint: its SIE table cv_embed was ignored (CLIP-ReID builds one for '
+                            'MODEL.SIE_CAMERA / SIE_VIEW even with a ResNet, whose forward never uses it)')
         sd = {k: v for k, v in sd.items() if k.startswith(IMAGE_PREFIXES)}
         if not sd:
             raise UserError('the checkpoint holds no re-ID image weights (no image_encoder.* keys)')
         own = self.image_state_dict()
-        encoder = self.image_encoder
 
         has_sie, wants_sie = SIE_KEY in sd, SIE_KEY in own
         if has_sie and not wants_sie:
@@ -145,10 +151,13 @@ class ReIDModel(nn.Module):
                             f'{own[SIE_KEY].shape[0]} (MODEL.SIE_CAMERA {encoder.sie_camera}, MODEL.SIE_VIEW '
                             f'{encoder.sie_view}): {self._sie_hint(sd[SIE_KEY].shape[0])}')
 
-        if POS_KEY in sd and sd[POS_KEY].shape != own[POS_KEY].shape:
-            raise UserError(f'checkpoint has {sd[POS_KEY].shape[0] - 1} patch positions, the model '
-                            f'{own[POS_KEY].shape[0] - 1} ({encoder.grid_size[0]}x{encoder.grid_size[1]}): pass the '
-                            f'INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE it was trained with')
+        for key in (k for k in own if k.endswith('positional_embedding') and k in sd):
+            if sd[key].shape != own[key].shape:
+                geometry = 'INPUT.SIZE_TRAIN' + (' and MODEL.STRIDE_SIZE' if hasattr(encoder, 'stride') else '')
+                grid = getattr(encoder, 'grid_size', None)
+                grid = f' ({grid[0]}x{grid[1]})' if grid else ''
+                raise UserError(f'checkpoint has {sd[key].shape[0] - 1} positions in {key}, the model '
+                                f'{own[key].shape[0] - 1}{grid}: pass the {geometry} it was trained with')
 
         classifier_keys = [k for k in own if k.startswith(CLASSIFIER_PREFIXES)]
         if any(k in sd and sd[k].shape != own[k].shape for k in classifier_keys):

@@ -21,6 +21,7 @@ from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
 from utils import atomic_io, checkpoint, distributed
+from utils.device import grad_scaler
 from utils.errors import UserError
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
@@ -52,6 +53,23 @@ def build_criterion(cfg, num_classes: int, text_features: dict) -> Stage2Criteri
                            margin=cfg.SOLVER.STAGE2.MARGIN,
                            label_smoothing=0.1 if cfg.MODEL.IF_LABELSMOOTH == 'on' else 0.0,
                            i2t_terms=i2t_terms(cfg, text_features, 'cpu'))
+
+
+def stage2_solver(cfg, model, device, amp_dtype=None) -> tuple:
+    """(optimizer, scheduler, gradient scaler) of stage 2. The text side (text tower, prompts) is frozen:
+    stage 2 trains the image side against the fixed stage-1 text features."""
+    for module in (getattr(model, 'text_encoder', None), getattr(model, 'prompt_learners', None)):
+        if module is not None:
+            module.requires_grad_(False)
+    solver = cfg.SOLVER.STAGE2
+    optimizer = make_optimizer_stage2(model.named_parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
+                                      bias_lr_factor=solver.BIAS_LR_FACTOR,
+                                      weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+                                      optimizer_name=solver.OPTIMIZER_NAME, momentum=solver.MOMENTUM)
+    scheduler = WarmupMultiStepLR(optimizer, milestones=list(solver.STEPS), gamma=solver.GAMMA,
+                                  warmup_factor=solver.WARMUP_FACTOR, warmup_iters=solver.WARMUP_EPOCHS,
+                                  warmup_method=solver.WARMUP_METHOD)
+    return optimizer, scheduler, grad_scaler(device, amp_dtype)
 
 
 @dataclass
@@ -121,21 +139,11 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
     epoch ends by writing OUTPUT_DIR/resume.pth.
     """
     solver = cfg.SOLVER.STAGE2
-    for module in (getattr(model, 'text_encoder', None), getattr(model, 'prompt_learners', None)):
-        if module is not None:
-            module.requires_grad_(False)
+    optimizer, scheduler, scaler = stage2_solver(cfg, model, device, amp_dtype)
     criterion = build_criterion(cfg, num_classes, text_features).to(device)
     net = distributed.wrap_ddp(model, device)  # training steps go through DDP; `model` is the plain module
     if cfg.SOLVER.COMPILE:
         net = torch.compile(net)
-    optimizer = make_optimizer_stage2(model.named_parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
-                                      bias_lr_factor=solver.BIAS_LR_FACTOR,
-                                      weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
-                                      optimizer_name=solver.OPTIMIZER_NAME, momentum=solver.MOMENTUM)
-    scheduler = WarmupMultiStepLR(optimizer, milestones=list(solver.STEPS), gamma=solver.GAMMA,
-                                  warmup_factor=solver.WARMUP_FACTOR, warmup_iters=solver.WARMUP_EPOCHS,
-                                  warmup_method=solver.WARMUP_METHOD)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history, last_checkpoint, first_epoch, resumable = [], None, 1, ''
     if resume is not None:
         first_epoch, history, last_checkpoint = checkpoint.restore_training_state(
@@ -175,8 +183,10 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         totals = EpochTotals(device)
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
             with stop_on_out_of_memory(f'stage 2 epoch {epoch} iteration {step}', batch_advice, last_good):
-                result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
-                                    pids.to(device), camids.to(device), viewids.to(device), amp_dtype,
+                # non-blocking: the loader pins its batches, so the copies queue behind the previous step
+                images, pids, camids, viewids = (tensor.to(device, non_blocking=True)
+                                                 for tensor in (images, pids, camids, viewids))
+                result = train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype,
                                     solver.ACCUM_STEPS)
             totals.add(result, step)
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')

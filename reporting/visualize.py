@@ -39,6 +39,15 @@ _CAMERA_NAMES = {
     'mssl': lambda camid: f'c{camid + 1:02d}',
     'market1501': lambda camid: f'c{camid + 1}',
     'agreid': lambda camid: f'C{camid}',
+    'msmt17': lambda camid: f'c{camid + 1:02d}',
+    'dukemtmcreid': lambda camid: f'c{camid + 1}',
+    'occ_duke': lambda camid: f'c{camid + 1}',
+    'veri': lambda camid: f'c{camid + 1:03d}',
+}
+# View names of the datasets whose views are not sky and ground (VehicleID has one unnamed view).
+_VIEW_NAMES = {
+    'veri': lambda viewid: f'viewpoint {viewid}',
+    'vehicleid': lambda viewid: '',
 }
 
 
@@ -46,8 +55,8 @@ def camera_name(dataset_name: str, camid: int) -> str:
     return _CAMERA_NAMES.get(dataset_name, lambda c: f'cam{c}')(int(camid))
 
 
-def view_name(viewid: int) -> str:
-    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
+def view_name(viewid: int, dataset_name: str = '') -> str:
+    return _VIEW_NAMES.get(dataset_name, lambda v: VIEW_NAMES.get(v, f'view{v}'))(int(viewid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +153,7 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
         if camid < 0 and viewid < 0:
             return [prefix.strip(), second]
         cam = camera_name(dataset_name, camid) if camid >= 0 else '?'
-        view = view_name(viewid) if viewid >= 0 else '?'
+        view = view_name(viewid, dataset_name) if viewid >= 0 else '?'
         return [f"{prefix}{cam} {view}", second]
 
     def identity(columns: dict, index: int) -> str:
@@ -298,28 +307,38 @@ def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP'
 # Results table and the reports of a run
 # ---------------------------------------------------------------------------------------------
 def results_table(metrics_by_mode: dict) -> str:
-    """A markdown table: mode, mAP, R1, R5, R10, mINP (%), queries (counted/all), gallery."""
+    """A markdown table: mode, mAP, R1, R5, R10, mINP (%), queries (counted/all), gallery. A summary
+    (processor/inference.summarize_protocols) shows mean ± sample standard deviation over its members."""
     lines = ['| mode | mAP (%) | R1 (%) | R5 (%) | R10 (%) | mINP (%) | queries | gallery |',
              '|:--|--:|--:|--:|--:|--:|--:|--:|']
     for mode, m in metrics_by_mode.items():
         queries = (str(m['num_query']) if m['num_valid_query'] == m['num_query']
                    else f"{m['num_valid_query']}/{m['num_query']}")
-        lines.append(f"| {mode} | {100 * m['mAP']:.1f} | {100 * m['rank1']:.1f} | {100 * m['rank5']:.1f} | "
-                     f"{100 * m['rank10']:.1f} | {100 * m['mINP']:.1f} | {queries} | {m['num_gallery']} |")
+        std = m.get('std', {})
+
+        def cell(key):
+            return f"{100 * m[key]:.1f}" + (f" ± {100 * std[key]:.1f}" if std.get(key) is not None else '')
+        label = f"{mode} (mean ± std of {len(m['members'])})" if 'members' in m else mode
+        lines.append(f"| {label} | {cell('mAP')} | {cell('rank1')} | {cell('rank5')} | "
+                     f"{cell('rank10')} | {cell('mINP')} | {queries} | {m['num_gallery']} |")
     return '\n'.join(lines)
 
 
-def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> list[str]:
+def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None) -> list[str]:
     """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR.
 
     outcome: processor/inference.evaluate_model's {mode: {'metrics', 'query', 'gallery', 'qf', 'gf'}};
-    details: lines for the head of results.md (e.g. {'weights': path}).
+    details: lines for the head of results.md (e.g. {'weights': path}); summaries: rows after the
+    modes (processor/inference.summarize_protocols), whose mean CMC replaces their members' in cmc.png.
     """
     if not distributed.is_main():
         return []
     output_dir = cfg.OUTPUT_DIR
+    summaries = summaries or {}
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}
-    table = results_table(metrics)
+    table = results_table({**metrics, **summaries})
+    summarized = {member for summary in summaries.values() for member in summary['members']}
+    curves = {mode: m['cmc'] for mode, m in {**metrics, **summaries}.items() if mode not in summarized}
     logger.info('results:\n' + table)
     details = {'dataset': f"{cfg.DATASETS.NAMES} ({cfg.DATASETS.ROOT_DIR})", 'model': cfg.MODEL.NAME,
                **(details or {})}
@@ -327,7 +346,7 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> li
     written = [os.path.join(output_dir, RESULTS_TABLE), os.path.join(output_dir, CMC_PLOT)]
     atomic_io.write_text(written[0], f"# Results\n\n{head}\n\n{table}\n\n"
                                      "Percentages; queries without a positive after removal are not counted.\n")
-    plot_cmc({mode: m['cmc'] for mode, m in metrics.items()}, written[1])
+    plot_cmc(curves, written[1])
     if cfg.TEST.VISUALIZE:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, ranked_file(mode))

@@ -98,6 +98,33 @@ def test_cpu_mixed_precision_only_on_explicit_bf16():
         assert autocast_dtype(amp, cpu) is None, amp
 
 
+def test_auto_precision_on_cuda_counts_only_native_bf16_of_the_configured_gpu(monkeypatch):
+    """A V100 / T4 emulates bf16 (torch's default check says yes) at a fraction of fp16's speed: 'auto'
+    must pick fp16 there, asking the configured GPU, not the current one."""
+    asked = []
+
+    class RecordingDevice:  # stands in for torch.cuda.device: records which GPU the check runs on
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            asked.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    def volta_bf16(including_emulation=True):  # what torch says on a V100
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, 'device', RecordingDevice)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', volta_bf16)
+    second_gpu = torch.device('cuda', 1)
+    assert autocast_dtype('auto', second_gpu) is torch.float16
+    assert asked == [second_gpu]
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)  # an A100
+    assert autocast_dtype('auto', second_gpu) is torch.bfloat16
+
+
 def test_cpu_bf16_features_stay_close_to_fp32():
     torch.manual_seed(0)
     model = ReIDModel(build_clip('ViT-Tiny-16'), num_classes=5, image_size=(32, 16), stride=(12, 12)).eval()

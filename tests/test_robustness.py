@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -395,6 +396,51 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         atomic_io.torch_save({'epoch': 2}, str(path))
     assert torch.load(path, weights_only=True) == {'epoch': 1}
     assert [p.name for p in tmp_path.iterdir()] == ['resume.pth']
+
+
+class OnAGpu(torch.Tensor):
+    """Stands in for a CUDA tensor on a machine without one: it becomes a plain tensor only when moved
+    to the CPU (a file holding it cannot be read with torch.load(weights_only=True))."""
+    moved = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and torch.device(
+            kwargs.get('device', args[1] if len(args) > 1 else 'cpu')).type == 'cpu')
+        if to_cpu:
+            cls.moved += 1
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_files_are_written_with_cpu_tensors(tmp_path):
+    """What a GPU run saves (weights, resume state, the published-format export) loads with a plain
+    torch.load on a machine without a GPU."""
+    OnAGpu.moved = 0
+    weights = torch.arange(6.0).reshape(2, 3)
+    state = OrderedDict([('layer.weight', weights.as_subclass(OnAGpu)),
+                         ('nested', [(weights.as_subclass(OnAGpu),)])])
+    path = tmp_path / 'ViT-B-16_60.pth'
+    atomic_io.torch_save(state, str(path))
+    loaded = torch.load(path, weights_only=True)
+    assert OnAGpu.moved == 2
+    assert isinstance(loaded, OrderedDict) and type(loaded['layer.weight']) is torch.Tensor
+    assert torch.equal(loaded['layer.weight'], weights) and torch.equal(loaded['nested'][0][0], weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device to save from')
+def test_checkpoint_saved_from_a_gpu_loads_where_there_is_none(tmp_path):
+    cfg = load_config('', tiny_opts('unused', str(tmp_path)))
+    model = make_model(cfg, 4, camera_num=3, view_num=2, load_pretrained=False).to('cuda')
+    from processor.stage2 import save_checkpoint
+    path = save_checkpoint(cfg, model, 1)
+    code = (f"import torch; state = torch.load({path!r}, weights_only=True); "
+            f"print({{tensor.device.type for tensor in state['model'].values()}})")
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    assert done.returncode == 0 and done.stdout.strip() == "{'cpu'}", done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

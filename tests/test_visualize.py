@@ -280,3 +280,11 @@ def test_training_and_testing_write_metrics_curves_and_reports(tiny_mssl, tmp_pa
             test_out / 'results.md').read_text()
     evals = metrics_log.read_records(str(test_out / 'metrics.jsonl'))
     assert [r['weight'] for r in evals] == [checkpoint] * 3
+
+
+def test_pictures_name_each_datasets_cameras_and_views():
+    from reporting.visualize import camera_name, view_name
+    assert [camera_name(name, 0) for name in ('mssl', 'msmt17', 'dukemtmcreid', 'veri', 'vehicleid')] == [
+        'c01', 'c01', 'c1', 'c001', 'cam0']
+    assert view_name(1) == 'sky' and view_name(1, 'msmt17') == 'sky'
+    assert view_name(1, 'veri') == 'viewpoint 1' and view_name(0, 'vehicleid') == ''

@@ -38,8 +38,22 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != 'cuda':
         return None
     if amp == 'auto':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the configured CUDA device computes bf16 in hardware (Ampere and later). torch's default
+    also counts bf16 emulated on older GPUs (V100, T4), where it is far slower than fp16, and asks the
+    current device rather than this one."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The gradient scaler of a training stage: active under fp16, whose small range underflows small
+    gradients; it skips a step whose gradients are not finite and lowers its scale. A pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
