@@ -44,8 +44,9 @@ class Run:
     run's manifest (reporting/manifest.py) and TensorBoard events (LOG.TENSORBOARD)."""
 
     def __init__(self, argv, description: str, log_file: str, logger_name: str, training: bool = False):
-        """`training`: a training run, which holds OUTPUT_DIR's training lock (rank 0) until `close()` /
-        the end of a `with`; there the manifest is marked finished, or failed when an exception ends it."""
+        """`training`: a training run, which holds OUTPUT_DIR's training lock (rank 0). `close()` / the end
+        of a `with` releases it, closes the TensorBoard events and marks the manifest finished (failed
+        when an exception ends the run)."""
         started = time.monotonic()
         self.lock = self.manifest = None
         self.tensorboard_dir = ''
