@@ -286,7 +286,8 @@ def worker(spec: dict) -> dict:
 
 def paired_worker(spec: dict) -> dict:
     """The trainer's step (sdpa fp32) and CLIP-ReID's code's step in this one process, alternating step by
-    step (the order swapped every round), so that both see the same machine load; the fastest of each."""
+    step (the order swapped every round), so that both see the same machine load; the fastest of each,
+    in wall time and in this process's CPU time (which other processes on a busy machine disturb less)."""
     device = torch.device(spec['device'])
     ours, _, _ = make_step({**spec, 'variant': REFERENCE})
     theirs = make_clipreid_step({**spec, 'variant': CLIPREID_CODE}, device)
@@ -294,16 +295,22 @@ def paired_worker(spec: dict) -> dict:
     for step in steps.values():
         step()  # warm-up
     walls = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
     for round_ in range(spec['steps']):
         for name in (list(steps) if round_ % 2 == 0 else list(steps)[::-1]):
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[name]()
             sync(device)
             walls[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
     best = {name: min(times) for name, times in walls.items()}
+    best_cpu = {name: min(times) for name, times in cpu.items()}
     return {'ours_step_s': best['ours'], 'clipreid_code_step_s': best['clipreid_code'],
-            'speedup': best['clipreid_code'] / best['ours'], 'walls': walls}
+            'speedup': best['clipreid_code'] / best['ours'], 'ours_cpu_s': best_cpu['ours'],
+            'clipreid_code_cpu_s': best_cpu['clipreid_code'],
+            'cpu_speedup': best_cpu['clipreid_code'] / best_cpu['ours'], 'walls': walls, 'cpu': cpu,
+            'threads': torch.get_num_threads()}
 
 
 def clipreid_code_available(args) -> str | None:
@@ -328,6 +335,8 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--objective', default='msp', choices=('msp', 'clipreid'),
                         help="the stage-2 loss: MSP's two image-to-text terms or CLIP-ReID's one")
     parser.add_argument('--clipreid-repo', default='', help=CLIPREID_REPO_HELP)
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch threads per worker (0: torch default); 1 is steadier on a busy machine')
     parser.add_argument('--num-classes', type=int, default=1050)
 
 
@@ -345,6 +354,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
+        if spec.get('threads'):
+            torch.set_num_threads(spec['threads'])
         print(json.dumps(paired_worker(spec) if spec['variant'] == PAIRED else worker(spec)))
         return
 
@@ -381,7 +392,7 @@ def main(argv=None):
     for n, name in enumerate(variants):
         spec = {'variant': name, 'model': args.model, 'device': args.device, 'batch': batch, 'size': args.size,
                 'stride': args.stride, 'num_classes': args.num_classes, 'steps': steps, 'objective': args.objective,
-                'clipreid_repo': args.clipreid_repo,
+                'clipreid_repo': args.clipreid_repo, 'threads': args.threads,
                 'warmup': max(args.warmup, 2 if '+compile' in name else 1), 'feature_file': str((scratch / f'{n}.npy').resolve())}
         row = run_worker(str(Path(__file__).resolve()), spec, args.timeout)
         features[name] = np.load(spec['feature_file'])
@@ -421,9 +432,11 @@ def main(argv=None):
     print("feat rel diff: max |feature - sdpa fp32 feature| / max |sdpa fp32 feature|, first step's forward")
     if paired:
         rounds = len(paired['walls']['ours'])
-        print(f"same process, alternating for {rounds} rounds: the trainer's step (sdpa fp32) "
-              f"{paired['ours_step_s'] * 1e3:.0f} ms, CLIP-ReID's code {paired['clipreid_code_step_s'] * 1e3:.0f} ms: "
-              f"{paired['speedup']:.2f}x (fastest step of each)")
+        print(f"same process, alternating for {rounds} rounds ({paired['threads']} threads), fastest step of each: "
+              f"the trainer's step (sdpa fp32) {paired['ours_step_s'] * 1e3:.0f} ms wall / "
+              f"{paired['ours_cpu_s'] * 1e3:.0f} ms CPU, CLIP-ReID's code {paired['clipreid_code_step_s'] * 1e3:.0f} ms "
+              f"/ {paired['clipreid_code_cpu_s'] * 1e3:.0f} ms: {paired['speedup']:.2f}x wall, "
+              f"{paired['cpu_speedup']:.2f}x CPU")
     write_report(args.out, {'args': vars(args), 'batch': batch, 'steps': steps, 'machine': info,
                             'load_average_at_end': os.getloadavg(), 'rows': rows, 'paired': paired})
 
