@@ -18,6 +18,11 @@ FACTORY: dict[str, type[ReIDDataset]] = {
 }
 
 
+def camera_name(dataset_name: str, camid: int) -> str:
+    """Camera `camid` of dataset `dataset_name` (DATASETS.NAMES) as its file names write it ('c05')."""
+    return FACTORY.get(dataset_name, ReIDDataset).camera_name(int(camid))
+
+
 def init_dataset(name: str, root: str) -> ReIDDataset:
     """The dataset called `name` (DATASETS.NAMES) read from `root` (DATASETS.ROOT_DIR)."""
     if name not in FACTORY:
@@ -25,5 +30,5 @@ def init_dataset(name: str, root: str) -> ReIDDataset:
     return FACTORY[name](root)
 
 
-__all__ = ['FACTORY', 'init_dataset', 'ReIDDataset', 'ImageDataset', 'Protocol', 'MSSL', 'AGReID', 'AGReIDv2',
+__all__ = ['FACTORY', 'camera_name', 'init_dataset', 'ReIDDataset', 'ImageDataset', 'Protocol', 'MSSL', 'AGReID', 'AGReIDv2',
            'CARGO', 'G2APSReID', 'LAGPeR', 'Market1501', 'CSVDataset']

@@ -70,6 +70,11 @@ class ReIDDataset:
         """(raw pid, camid, viewid) from a file name; raw pid -1 marks a junk image."""
         raise NotImplementedError
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        """The camera's name as the dataset's files write it (for pictures, tables and checkpoints)."""
+        return f'cam{camid}'
+
     def __init__(self, root: str):
         self.root = check_root(root)
         self.protocols: dict[str, Protocol] = {}

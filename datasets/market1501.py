@@ -30,6 +30,10 @@ class Market1501(ReIDDataset):
     protocol_names = ('DDC',)
     parse_name = staticmethod(parse_market_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1}'
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train')

@@ -54,6 +54,10 @@ class MSSL(ReIDDataset):
     protocol_names = tuple(MSSL_REMOVAL)
     parse_name = staticmethod(parse_mssl_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1:02d}'
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train')

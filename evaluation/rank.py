@@ -146,12 +146,15 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     num_bins = 2 * width + 1
     offset = (torch.arange(batch, device=device, dtype=torch.int32) * num_bins).unsqueeze(1)
     bucket += offset
-    num_groups = 1 if groups is None else groups.count
-    if groups is not None:  # one histogram per gallery group: key (row, bin, group), in place
-        bucket.mul_(num_groups).add_(groups.of_gallery)
-    hist = torch.bincount(bucket.view(-1), minlength=batch * num_bins * num_groups)
-    at_most_by_group = torch.cumsum(hist.view(batch, num_bins, num_groups), dim=1)[:, :-1]
-    at_most = at_most_by_group.sum(2)
+    block = batch * num_bins
+    if groups is None:
+        hist = torch.bincount(bucket.view(-1), minlength=block)
+        at_most = torch.cumsum(hist.view(batch, num_bins), dim=1)[:, :-1]
+    else:  # one histogram per gallery group: one more in-place add, keys (group, row, bin)
+        bucket += groups.of_gallery * block
+        hist = torch.bincount(bucket.view(-1), minlength=block * groups.count)
+        at_most_by_group = torch.cumsum(hist.view(groups.count, batch, num_bins).permute(1, 2, 0), dim=1)[:, :-1]
+        at_most = at_most_by_group.sum(2)
     slot = torch.arange(width, device=device)
     starts_group = torch.ones_like(cand_valid)
     starts_group[:, 1:] = cand_dist[:, 1:] != cand_dist[:, :-1]
@@ -163,7 +166,7 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     positions = less + (slot - first)
     by_group = None
     if groups is not None:
-        first_of = first.unsqueeze(2).expand(-1, -1, num_groups)
+        first_of = first.unsqueeze(2).expand(-1, -1, groups.count)
         in_group = groups.one_hot(cand_idx, cand_valid)
         before = torch.cumsum(in_group, 1) - in_group  # candidates of each group in earlier slots
         by_group = at_most_by_group[:, 0::2].gather(1, first_of) + before - before.gather(1, first_of)
@@ -175,16 +178,16 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
         # those with a smaller gallery index than the candidate's. About 1 row in 25 at MSSL
         # scale in float32, too many to sort each.
         rows = scan.nonzero().squeeze(1)
-        row_bucket = torch.div(bucket[rows], num_groups, rounding_mode='floor') - offset[rows]
+        row_bucket = bucket[rows] % block - offset[rows]
         equal_to = torch.div(row_bucket, 2, rounding_mode='floor').clamp_(max=width - 1).long()
         gallery_index = torch.arange(dist.shape[1], device=device)
         tied_before = ((row_bucket % 2 == 1) & (gallery_index < cand_idx[rows].gather(1, equal_to))).long()
         ties = torch.zeros(len(rows), width, dtype=torch.int64, device=device)
         positions[rows] += ties.scatter_add_(1, equal_to, tied_before)
         if groups is not None:
-            ties = torch.zeros(len(rows), width * num_groups, dtype=torch.int64, device=device)
-            ties.scatter_add_(1, equal_to * num_groups + groups.of_gallery, tied_before)
-            by_group[rows] += ties.view(len(rows), width, num_groups)
+            ties = torch.zeros(len(rows), width * groups.count, dtype=torch.int64, device=device)
+            ties.scatter_add_(1, equal_to * groups.count + groups.of_gallery, tied_before)
+            by_group[rows] += ties.view(len(rows), width, groups.count)
     return positions, other_tie & candidate_tie, by_group
 
 
@@ -213,8 +216,10 @@ class _GalleryGroupsByLabel:
         """labels: {'q_camids', 'g_camids', 'q_views', 'g_views': 1-D label arrays or tensors}."""
         tensors = {key: _labels(values, key, num_query if key.startswith('q') else num_gallery, device)
                    for key, values in labels.items()}
-        pairs, of_gallery = torch.unique(torch.stack((tensors['g_camids'], tensors['g_views']), 1), dim=0,
-                                         return_inverse=True)
+        cameras, views = tensors['g_camids'], tensors['g_views']
+        lowest_view, num_views = views.min(), views.max() - views.min() + 1
+        keys, of_gallery = torch.unique((cameras * num_views + views - lowest_view), return_inverse=True)
+        pairs = torch.stack((torch.div(keys, num_views, rounding_mode='floor'), keys % num_views + lowest_view), 1)
         self.of_gallery = of_gallery.to(torch.int32)
         self.count = len(pairs)
         self.pairings = {}  # name -> (query rows, gallery columns, row of each query, column of each group)
@@ -396,6 +401,8 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
                                                                             groups)
             if groups is not None:
                 by_group[sorted_rows] = sorted_by_group
+        if groups is not None:
+            columns = _candidate_columns(groups, by_group, cand_idx, cand_valid)
 
         for total, where in zip(totals, member):
             index = where[start:start + chunk_size]
@@ -404,8 +411,8 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
                 junk = _score_chunk(total, index[local], rows[local], positions[local], cand_idx[local],
                                     cand_valid[local], attributes.get(total.removal), return_per_query)
                 if groups is not None:
-                    _score_pairs(total, groups, rows[local], by_group[local], cand_idx[local], cand_valid[local],
-                                 junk)
+                    local_columns = {name: tuple(part[local] for part in parts) for name, parts in columns.items()}
+                    _score_pairs(total, groups, rows[local], local_columns, cand_valid[local] & ~junk, junk)
 
     results = {}
     for total in totals:
@@ -452,31 +459,39 @@ def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor
     return junk
 
 
-def _score_pairs(total: _ProtocolTotals, groups: _GalleryGroupsByLabel, rows: torch.Tensor, by_group: torch.Tensor,
-                 cand_idx: torch.Tensor, cand_valid: torch.Tensor, junk: torch.Tensor) -> None:
+def _candidate_columns(groups: _GalleryGroupsByLabel, by_group: torch.Tensor, cand_idx: torch.Tensor,
+                       cand_valid: torch.Tensor) -> dict:
+    """What every protocol's breakdown needs of a chunk, per pairing: each candidate's gallery column
+    [B, M], how many of its column's items precede it in the full stable order [B, M], and which earlier
+    candidates share its column [B, M, M]."""
+    in_group = groups.of_gallery[cand_idx].long()
+    earlier = torch.ones(cand_idx.shape[1], cand_idx.shape[1], dtype=torch.bool, device=cand_idx.device).tril(-1)
+    columns = {}
+    for name, (_, _, _, column_of) in groups.pairings.items():
+        column = column_of[in_group]
+        same_column = column_of.view(1, 1, -1) == column.unsqueeze(2)  # [B, M, G]
+        ahead = (by_group * same_column).sum(2)
+        shared = (column.unsqueeze(2) == column.unsqueeze(1)) & earlier & cand_valid.unsqueeze(1)
+        columns[name] = (column, ahead, shared)
+    return columns
+
+
+def _score_pairs(total: _ProtocolTotals, groups: _GalleryGroupsByLabel, rows: torch.Tensor, columns: dict,
+                 positive: torch.Tensor, junk: torch.Tensor) -> None:
     """Add some queries' AP and first hit against each gallery column to the protocol's breakdowns.
 
     Restricted to a column, a positive's rank is the number of the column's items ahead of it in the full
-    stable order (by_group summed over the column's groups) minus the column's junk candidates before it.
+    stable order minus the column's junk candidates before it.
     """
-    positive = cand_valid & ~junk
-    in_group = groups.of_gallery[cand_idx].long()
-    for name, (_, gallery_groups, row_of, column_of) in groups.pairings.items():
-        num_columns = len(gallery_groups)
-        ahead = torch.zeros(*by_group.shape[:2], num_columns, dtype=torch.int64, device=by_group.device)
-        ahead.index_add_(2, column_of, by_group)
-        column = column_of[in_group]  # [B, M]: each candidate's column
-        own = column.unsqueeze(2)
-        in_column = F.one_hot(column, num_columns).bool()
-        junk_in = (in_column & junk.unsqueeze(2)).long()
-        positive_in = (in_column & positive.unsqueeze(2)).long()
-        junk_before = (torch.cumsum(junk_in, 1) - junk_in).gather(2, own).squeeze(2)
-        ordinal = torch.cumsum(positive_in, 1).gather(2, own).squeeze(2)  # 1-based among the column's positives
-        rank = (ahead.gather(2, own).squeeze(2) - junk_before).double()
+    for name, (column, ahead, shared) in columns.items():
+        _, gallery_groups, row_of, _ = groups.pairings[name]
+        rank = (ahead - (shared & junk.unsqueeze(1)).sum(2)).double()
+        ordinal = (shared & positive.unsqueeze(1)).sum(2) + 1  # 1-based among the column's positives
         precision = torch.where(positive, ordinal / (rank + 1), 0.0)
-        count = positive_in.sum(1)
-        ap_sum = torch.zeros(count.shape, dtype=torch.float64, device=count.device).scatter_add_(1, column, precision)
-        first_hit = torch.zeros_like(ap_sum).scatter_add_(1, column, (positive & (rank == 0)).double())
+        shape = (len(rows), len(gallery_groups))
+        count = torch.zeros(shape, dtype=torch.float64, device=rank.device).scatter_add_(1, column, positive.double())
+        ap_sum = torch.zeros_like(count).scatter_add_(1, column, precision)
+        first_hit = torch.zeros_like(count).scatter_add_(1, column, (positive & (rank == 0)).double())
         valid = count > 0
         sums = torch.stack((valid.double(), torch.where(valid, ap_sum / count.clamp(min=1), 0.0), first_hit))
         total.pairs[name].index_add_(1, row_of[rows], sums)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from datasets import camera_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
 from reporting.metrics_log import metrics_path, read_records, training_history
@@ -33,18 +34,6 @@ QUERY_COLOR = (40, 90, 220)
 BACKGROUND = (255, 255, 255)
 PAD_COLOR = (210, 210, 210)
 TEXT_COLOR = (20, 20, 20)
-
-# Camera names as the dataset's file names write them (camid is 0-based).
-_CAMERA_NAMES = {
-    'mssl': lambda camid: f'c{camid + 1:02d}',
-    'market1501': lambda camid: f'c{camid + 1}',
-    'agreid': lambda camid: f'C{camid}',
-}
-
-
-def camera_name(dataset_name: str, camid: int) -> str:
-    return _CAMERA_NAMES.get(dataset_name, lambda c: f'cam{c}')(int(camid))
-
 
 def view_name(viewid: int) -> str:
     return VIEW_NAMES.get(int(viewid), f'view{viewid}')
