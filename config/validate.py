@@ -157,6 +157,10 @@ RULES = {
     'TEST.VISUALIZE': _BOOL,
     'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
+    'TEST.ATTENTION_MAPS': _BOOL,
+    'TEST.BREAKDOWN': _BOOL,
+    'TEST.EMBEDDING_MAP': _BOOL,
+    'TEST.EMBEDDING_MAP_IDS': ((lambda v: _is_int(v) and 2 <= v <= 200), 'must be an integer in [2, 200]'),
     'OUTPUT_DIR': _NON_EMPTY,
 }
 
@@ -194,6 +198,9 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if cfg.SOLVER.STAGE1.WARMUP_EPOCHS > cfg.SOLVER.STAGE1.MAX_EPOCHS:
         _fail('SOLVER.STAGE1.WARMUP_EPOCHS', cfg.SOLVER.STAGE1.WARMUP_EPOCHS,
               f'exceeds SOLVER.STAGE1.MAX_EPOCHS ({cfg.SOLVER.STAGE1.MAX_EPOCHS})')
+    if cfg.TEST.ATTENTION_MAPS and not cfg.TEST.VISUALIZE:
+        _fail('TEST.ATTENTION_MAPS', True, 'draws under the queries of the ranked lists: set TEST.VISUALIZE True too '
+              '(tools/attention_maps.py draws them for any images)')
     if cfg.SOLVER.STAGE1.LR_MIN > cfg.SOLVER.STAGE1.BASE_LR:
         _fail('SOLVER.STAGE1.LR_MIN', cfg.SOLVER.STAGE1.LR_MIN, 'exceeds SOLVER.STAGE1.BASE_LR')
     from datasets import FACTORY  # imported here: datasets imports utils, not config

@@ -70,6 +70,9 @@ class ReIDDataset:
         """(raw pid, camid, viewid) from a file name; raw pid -1 marks a junk image."""
         raise NotImplementedError
 
+    # Datasets whose file names say when an image was taken (MSSL): file name -> hour 0-23, or -1.
+    capture_hour: Callable[[str], int] | None = None
+
     @staticmethod
     def camera_name(camid: int) -> str:
         """The camera's name as the dataset's files write it (for pictures, tables and checkpoints)."""

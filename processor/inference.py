@@ -7,6 +7,7 @@ import torch
 
 from datasets.make_dataloader import make_ordered_loader
 from utils import atomic_io, distributed
+from evaluation.breakdown import query_groups
 from evaluation.rank import evaluate, evaluate_protocols
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
@@ -56,7 +57,8 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
     the removal rule its dataset declares (`unseen_cameras`: see extract_features).
 
     Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf', 'per_query_ap',
-    'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the ranked lists).
+    'first_hit_rank', 'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the
+    ranked lists; + 'breakdown' with TEST.BREAKDOWN: see `breakdowns`).
     Distributed: each rank extracts its block of the images; rank 0 gathers, ranks and reports, and the
     other ranks get {mode: {'metrics': dict}} (rank 0's metrics).
     """
@@ -89,7 +91,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             metrics_of[mode] = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
                                         g['views'], mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
                                         distmat=distmats[mode], return_per_query=True,
-                                        removal=dataset.removal_rule(mode))
+                                        removal=dataset.removal_rule(mode), breakdown=cfg.TEST.BREAKDOWN)
     else:
         # Modes that share a gallery are ranked together: distances computed once (MSSL: all three).
         by_gallery = {}
@@ -105,7 +107,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             metrics_of.update(evaluate_protocols(
                 feats[rows_of(union)], feats[rows_of(gallery)], q['pids'], g['pids'], q['camids'], g['camids'],
                 q['views'], g['views'], protocols, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
-                return_per_query=True))
+                return_per_query=True, breakdown=cfg.TEST.BREAKDOWN))
 
     outcome = {}
     for mode, (query, gallery) in splits.items():
@@ -113,12 +115,25 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
         logger.info(format_metrics(metrics))
         outcome[mode] = dict(metrics=metrics, query=_columns(query), gallery=_columns(gallery),
                              qf=feats[rows_of(query)], gf=feats[rows_of(gallery)], removal=dataset.removal_rule(mode),
-                             per_query_ap=metrics.pop('per_query_ap'),
+                             per_query_ap=metrics.pop('per_query_ap'), first_hit_rank=metrics.pop('first_hit_rank'),
                              valid_query_index=metrics.pop('valid_query_index'))
+        if cfg.TEST.BREAKDOWN:
+            outcome[mode]['breakdown'] = breakdowns(dataset, outcome[mode], metrics.pop('breakdown'))
         if cfg.TEST.RE_RANKING and cfg.TEST.VISUALIZE:
             outcome[mode]['distmat'] = distmats[mode]
     distributed.broadcast_object({mode: {'metrics': result['metrics']} for mode, result in outcome.items()})
     return outcome
+
+
+def breakdowns(dataset, result: dict, pairs: dict) -> dict:
+    """The evaluator's camera and view pair tables, and for a dataset whose file names give the hour of
+    capture (MSSL) the queries grouped by it: {'cameras', 'views'[, 'hours']}."""
+    tables = dict(pairs)
+    if dataset.capture_hour is not None:
+        hours = [dataset.capture_hour(path) for path in result['query']['paths']]
+        tables['hours'] = query_groups(hours, result['per_query_ap'], result['first_hit_rank'],
+                                       result['valid_query_index'])
+    return tables
 
 
 def format_metrics(metrics: dict) -> str:

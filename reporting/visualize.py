@@ -24,9 +24,11 @@ from PIL import Image, ImageDraw, ImageFont
 from datasets import camera_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
+from reporting.breakdown import write_breakdowns
+from reporting.figures import new_figure, save_figure, view_name
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
-from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, VIEW_NAMES, ranked_file
+from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, ranked_file
 
 MATCH_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -34,10 +36,6 @@ QUERY_COLOR = (40, 90, 220)
 BACKGROUND = (255, 255, 255)
 PAD_COLOR = (210, 210, 210)
 TEXT_COLOR = (20, 20, 20)
-
-def view_name(viewid: int) -> str:
-    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
-
 
 # ---------------------------------------------------------------------------------------------
 # Ranked-list picture
@@ -186,23 +184,9 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, 
 # ---------------------------------------------------------------------------------------------
 # Curves
 # ---------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_figure(figure, path: str) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png')
-    atomic_io.write_bytes(path, buffer.getvalue())
-
-
 def plot_cmc(cmc_by_mode: dict, path: str, max_rank: int = 50) -> None:
     """cmc_by_mode: {mode: matching rate per rank, from rank 1}."""
-    figure = _figure(6.4, 4.4)
+    figure = new_figure(6.4, 4.4)
     axes = figure.add_subplot()
     for mode, cmc in cmc_by_mode.items():
         cmc = np.asarray(cmc, dtype=np.float64)[:max_rank]
@@ -211,7 +195,7 @@ def plot_cmc(cmc_by_mode: dict, path: str, max_rank: int = 50) -> None:
     axes.grid(alpha=0.3)
     axes.legend(loc='lower right')
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_training_curves(jsonl_path: str, path: str) -> bool:
@@ -235,7 +219,7 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
     if not panels:
         return False
     from matplotlib.ticker import MaxNLocator
-    figure = _figure(4.2 * len(panels), 3.6)
+    figure = new_figure(4.2 * len(panels), 3.6)
     for k, (title, series, markers) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), k + 1)
         colors = {}
@@ -252,7 +236,7 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
         if len(series) > 1:
             axes.legend(fontsize=8)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return True
 
 
@@ -295,6 +279,10 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> li
             path = os.path.join(output_dir, ranked_file(mode))
             ranked_list_for_mode(cfg, mode, result, path)
             written.append(path)
+    for mode, result in outcome.items():
+        if 'breakdown' in result:
+            written += write_breakdowns(output_dir, mode, result['breakdown'], result['query'], result['gallery'],
+                                        cfg.DATASETS.NAMES)
     for path in written:
         logger.info(f"wrote {path}")
     return written

@@ -293,6 +293,17 @@ def test_breakdown_from_a_distance_matrix_and_per_query_first_hits():
     assert len(from_features['first_hit_rank']) == from_features['num_valid_query']
 
 
+def test_query_groups_average_each_groups_counted_queries():
+    from evaluation.breakdown import query_groups
+    table = query_groups(labels=[9, 15, 9, 9, 15, 7], per_query_ap=[0.5, 1.0, 0.25, 0.2],
+                         first_hit_rank=[0, 0, 3, 2], valid_query_index=[0, 1, 2, 4])
+    np.testing.assert_array_equal(table.groups, [7, 9, 15])
+    np.testing.assert_array_equal(table.queries, [1, 3, 2])
+    np.testing.assert_array_equal(table.valid, [0, 2, 2])
+    np.testing.assert_allclose(table.mAP, [np.nan, 0.375, 0.6])
+    np.testing.assert_allclose(table.rank1, [np.nan, 0.5, 0.5])
+
+
 def test_protocol_errors():
     rng = np.random.default_rng(0)
     qf, gf, *labels = random_protocol(rng, num_query=10, num_gallery=20, num_ids=5, dim=4)

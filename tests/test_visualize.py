@@ -280,3 +280,48 @@ def test_training_and_testing_write_metrics_curves_and_reports(tiny_mssl, tmp_pa
             test_out / 'results.md').read_text()
     evals = metrics_log.read_records(str(test_out / 'metrics.jsonl'))
     assert [r['weight'] for r in evals] == [checkpoint] * 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Breakdown files
+# ---------------------------------------------------------------------------------------------
+def test_camera_heatmap_groups_the_15_mssl_cameras_by_view(tmp_path):
+    from datasets.mssl import CAMERA_VIEW
+    from evaluation.breakdown import PairTable
+    from reporting.breakdown import plot_camera_heatmap
+    rng = np.random.default_rng(0)
+    cameras = np.arange(15)
+    valid = rng.integers(0, 6, (15, 15))
+    table = PairTable(query_groups=cameras, gallery_groups=cameras, queries=np.full(15, 6), valid=valid,
+                      ap_sum=valid * rng.random((15, 15)), hits=np.minimum(valid, 1))
+    path = tmp_path / 'heatmap.png'
+    rows, columns = plot_camera_heatmap(table, {number - 1: view for number, view in CAMERA_VIEW.items()},
+                                        str(path), 'DDC', 'mssl')
+    sky, ground = ['c04', 'c05', 'c09', 'c10', 'c14', 'c15'], ['c01', 'c02', 'c03', 'c06', 'c07', 'c08', 'c11',
+                                                               'c12', 'c13']
+    assert rows == columns == sky + ground
+    with Image.open(path) as image:
+        assert image.width > 600 and image.height > 500
+
+
+def test_breakdown_csv_files(tmp_path):
+    from evaluation.breakdown import GroupTable, PairTable
+    from reporting.breakdown import write_breakdowns
+    pairs = PairTable(query_groups=np.array([0, 1]), gallery_groups=np.array([0, 1]), queries=np.array([3, 2]),
+                      valid=np.array([[0, 3], [2, 1]]), ap_sum=np.array([[0.0, 1.5], [2.0, 0.25]]),
+                      hits=np.array([[0, 1], [2, 0]]))
+    hours = GroupTable(groups=np.array([-1, 9, 15]), queries=np.array([1, 2, 2]), valid=np.array([1, 2, 0]),
+                       ap_sum=np.array([0.5, 1.0, 0.0]), hits=np.array([1, 1, 0]))
+    columns = _columns(['a.jpg', 'b.jpg'], [1, 2], [0, 1], [1, 0])
+    written = write_breakdowns(str(tmp_path), 'S2G', {'views': pairs, 'cameras': pairs, 'hours': hours},
+                               columns, columns, 'mssl')
+    assert [p.rsplit('/', 1)[1] for p in written] == [
+        'breakdown_S2G_views.csv', 'breakdown_S2G_cameras.csv', 'breakdown_S2G_hours.csv', 'breakdown_S2G_cameras.png']
+    assert (tmp_path / 'breakdown_S2G_views.csv').read_text().splitlines() == [
+        'query_view,gallery_view,queries,valid_queries,mAP,rank1',
+        'ground,ground,3,0,,', 'ground,sky,3,3,0.500000,0.333333',
+        'sky,ground,2,2,1.000000,1.000000', 'sky,sky,2,1,0.250000,0.000000']
+    assert (tmp_path / 'breakdown_S2G_cameras.csv').read_text().splitlines()[1] == 'c01,c01,3,0,,'
+    assert (tmp_path / 'breakdown_S2G_hours.csv').read_text().splitlines() == [
+        'hour,queries,valid_queries,mAP,rank1', 'unknown,1,1,0.500000,1.000000', '9,2,2,0.500000,0.500000',
+        '15,2,0,,']

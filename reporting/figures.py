@@ -1,0 +1,26 @@
+"""What every picture of reporting/ shares: a matplotlib figure on the Agg canvas (no pyplot, no global
+backend change), written atomically as PNG, and the labels of views."""
+from __future__ import annotations
+
+import io
+
+from utils import atomic_io
+from utils.vocabulary import VIEW_NAMES
+
+
+def view_name(viewid: int) -> str:
+    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
+
+
+def new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png')
+    atomic_io.write_bytes(path, buffer.getvalue())
