@@ -10,6 +10,9 @@ Ours: `evaluate` per mode, and `evaluate_protocols` for ALL (one pass over the s
 With --baseline-queries N the baseline runs on the first N queries of each mode and its time is
 scaled up (marked '~'); every timed step of it is linear in the number of queries.
 Metrics (mAP, CMC to max rank) are checked equal to the baseline's on the measured queries (1e-6).
+Breakdowns (TEST.BREAKDOWN): the ALL pass as inference runs it (with per-query results), without and with
+the per camera / view pair tables, the per-hour table and their files (CSV, heatmap PNG), timed alternately
+in the same process; the extra time is reported as a percentage.
 
 Usage: python benchmarks/bench_eval.py [--num-query 3000 --num-gallery 28600 --dim 1280 ...]
 """
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.atomic_io import write_text  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
+from evaluation.breakdown import query_groups  # noqa: E402
 from evaluation.rank import MODES, evaluate, evaluate_protocols, mode_query_mask  # noqa: E402
+from reporting.breakdown import write_breakdowns  # noqa: E402
 from utils.vocabulary import MSSL_REMOVAL, SAME_CAMERA  # noqa: E402
 
 SKY_CAMERAS = 5  # cameras 0..4 are sky (UAV) cameras in the synthetic set, the rest ground
@@ -218,10 +224,45 @@ def run(args) -> dict:
     for row in rows:
         row['speedup_vs_published'] = row['published_s'] / row['ours_s']
 
-    return {'args': vars(args), 'device': str(device), 'torch_threads': torch.get_num_threads(),
+    breakdown = time_breakdowns(data, protocols, labels, args, sync)
+    return {'breakdown': breakdown, 'args': vars(args), 'device': str(device), 'torch_threads': torch.get_num_threads(),
             'cpu_count': os.cpu_count(), 'load_average_at_start': load_at_start,
             'load_average_at_end': os.getloadavg(), 'platform': platform.platform(),
             'torch': torch.__version__, 'numpy': np.__version__, 'rows': rows}
+
+
+def time_breakdowns(data, protocols, labels, args, sync) -> dict:
+    """Best-of-repeat seconds of the inference ALL pass without and with the breakdowns (tables and files)."""
+    device = torch.device(args.device)
+    qf, gf = data['qf'].to(device), data['gf'].to(device)
+    hours = np.random.default_rng(args.seed).integers(7, 18, len(data['q_pids']))  # MSSL-like capture hours
+    columns = {side: {'camids': data[f'{side[0]}_camids'], 'views': data[f'{side[0]}_views']}
+               for side in ('query', 'gallery')}
+
+    def inference_pass(breakdown, folder):
+        results = evaluate_protocols(qf, gf, *(data[key] for key in labels), protocols, max_rank=args.max_rank,
+                                     chunk_size=args.chunk_size, return_per_query=True, breakdown=breakdown)
+        sync()
+        if breakdown:
+            for mode, rows, _ in protocols:
+                result = results[mode]
+                tables = dict(result['breakdown'], hours=query_groups(
+                    hours[rows], result['per_query_ap'], result['first_hit_rank'], result['valid_query_index']))
+                query = {key: value[rows] for key, value in columns['query'].items()}
+                write_breakdowns(folder, mode, tables, query, columns['gallery'], 'mssl')
+        return results
+
+    seconds = {False: float('inf'), True: float('inf')}
+    with tempfile.TemporaryDirectory() as folder:
+        inference_pass(True, folder)  # warm-up (matplotlib's first figure)
+        for _ in range(max(args.repeat, 2)):
+            for breakdown in (False, True):
+                start = time.perf_counter()
+                results = inference_pass(breakdown, folder)
+                seconds[breakdown] = min(seconds[breakdown], time.perf_counter() - start)
+    cells = sum(int((results[mode]['breakdown']['cameras'].valid > 0).sum()) for mode, _, _ in protocols)
+    return {'without_s': seconds[False], 'with_s': seconds[True],
+            'extra_percent': 100 * (seconds[True] / seconds[False] - 1), 'camera_cells': cells}
 
 
 def print_table(report: dict) -> None:
@@ -241,6 +282,10 @@ def print_table(report: dict) -> None:
     if every['extrapolated']:
         print(f"~ published measured on the first {report['args']['baseline_queries']} queries of each "
               "mode and scaled linearly to all queries")
+    extra = report['breakdown']
+    print(f"breakdowns (TEST.BREAKDOWN): the ALL pass with per-query results took {extra['without_s']:.2f} s, "
+          f"with the camera / view / hour tables and their files {extra['with_s']:.2f} s "
+          f"({extra['extra_percent']:+.1f} %, best of {max(report['args']['repeat'], 2)})")
     print(f"mAP and CMC equal the published algorithm's (max |diff| {every['max_abs_diff']:.1e} <= 1e-6); "
           f"load average {report['load_average_at_start'][0]:.2f} at start, "
           f"{report['load_average_at_end'][0]:.2f} at end")

@@ -467,10 +467,11 @@ def _candidate_columns(groups: _GalleryGroupsByLabel, by_group: torch.Tensor, ca
     in_group = groups.of_gallery[cand_idx].long()
     earlier = torch.ones(cand_idx.shape[1], cand_idx.shape[1], dtype=torch.bool, device=cand_idx.device).tril(-1)
     columns = {}
-    for name, (_, _, _, column_of) in groups.pairings.items():
+    counts = by_group.double()  # exact: counts stay far below 2**53
+    for name, (_, gallery_groups, _, column_of) in groups.pairings.items():
         column = column_of[in_group]
-        same_column = column_of.view(1, 1, -1) == column.unsqueeze(2)  # [B, M, G]
-        ahead = (by_group * same_column).sum(2)
+        member = F.one_hot(column_of, len(gallery_groups)).double()  # [G, columns]
+        ahead = torch.matmul(counts, member).gather(2, column.unsqueeze(2)).squeeze(2).long()
         shared = (column.unsqueeze(2) == column.unsqueeze(1)) & earlier & cand_valid.unsqueeze(1)
         columns[name] = (column, ahead, shared)
     return columns

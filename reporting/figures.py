@@ -1,8 +1,10 @@
 """What every picture of reporting/ shares: a matplotlib figure on the Agg canvas (no pyplot, no global
-backend change), written atomically as PNG, and the labels of views."""
+backend change) or a PIL image, written atomically as PNG; PIL's font; the labels of views."""
 from __future__ import annotations
 
 import io
+
+from PIL import Image, ImageFont
 
 from utils import atomic_io
 from utils.vocabulary import VIEW_NAMES
@@ -10,6 +12,19 @@ from utils.vocabulary import VIEW_NAMES
 
 def view_name(viewid: int) -> str:
     return VIEW_NAMES.get(int(viewid), f'view{viewid}')
+
+
+def font(size: int = 11):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def save_image(image: Image.Image, path: str) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG')
+    atomic_io.write_bytes(path, buffer.getvalue())
 
 
 def new_figure(width: float, height: float):

@@ -19,13 +19,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from datasets import camera_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
 from reporting.breakdown import write_breakdowns
-from reporting.figures import new_figure, save_figure, view_name
+from reporting.figures import font, new_figure, save_figure, save_image, view_name
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
 from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, ranked_file
@@ -76,13 +76,6 @@ class Layout:
         return x, y
 
 
-def _font(size: int = 11):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _fitted(path: str, size: tuple[int, int]) -> Image.Image:
     """The image scaled to fit (height, width), centred on a neutral pad; a cross if unreadable."""
     height, width = size
@@ -123,8 +116,8 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
     width, height = layout.canvas_size(len(ranked), topk)
     canvas = Image.new('RGB', (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
-    draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=_font(13))
+    text_font = font()
+    draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=font(13))
 
     def labels(columns: dict, index: int, prefix: str, second: str) -> list[str]:
         camid, viewid = int(columns['camids'][index]), int(columns['views'][index])
@@ -145,17 +138,15 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
             first_hit = np.flatnonzero(entry.match)
             header.append(f"first match at rank {first_hit[0] + 1}" if first_hit.size
                           else f"no match in the top {topk}")
-        draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=font)
+        draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=text_font)
         _draw_cell(canvas, draw, layout, row, 0, str(query['paths'][entry.query]), QUERY_COLOR,
-                   labels(query, entry.query, 'query ', identity(query, entry.query)), font)
+                   labels(query, entry.query, 'query ', identity(query, entry.query)), text_font)
         for rank, (g_index, match, dist) in enumerate(zip(entry.gallery, entry.match, entry.dist), start=1):
             color = (MATCH_COLOR if match else MISS_COLOR) if identities_known else PAD_COLOR
             second = identity(gallery, g_index) if identities_known else f"d {float(dist):.3f}"
             _draw_cell(canvas, draw, layout, row, rank, str(gallery['paths'][g_index]), color,
-                       labels(gallery, g_index, f'{rank}. ', second), font)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format='PNG')
-    atomic_io.write_bytes(path, buffer.getvalue())
+                       labels(gallery, g_index, f'{rank}. ', second), text_font)
+    save_image(canvas, path)
     return width, height
 
 
