@@ -144,6 +144,7 @@ def parse_args(argv=None):
                         help='queries per mode run by the published baseline (0 = all), time scaled up')
     parser.add_argument('--max-rank', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch\'s default)')
     parser.add_argument('--out', default='bench_eval.json')
     args = parser.parse_args(argv)
     for name in ('num_query', 'num_gallery', 'dim', 'num_ids', 'num_cams', 'repeat', 'chunk_size',
@@ -156,6 +157,8 @@ def parse_args(argv=None):
 def run(args) -> dict:
     """Time ours and the published algorithm; returns the report (rows per mode and ALL)."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_at_start = os.getloadavg()  # other processes on the machine skew the timings
     data = make_data(args.num_query, args.num_gallery, args.dim, args.num_ids, args.num_cams,
                      args.seed)
@@ -232,37 +235,48 @@ def run(args) -> dict:
 
 
 def time_breakdowns(data, protocols, labels, args, sync) -> dict:
-    """Best-of-repeat seconds of the inference ALL pass without and with the breakdowns (tables and files)."""
+    """Best-of-repeat wall and CPU seconds of the inference ALL pass (with per-query results) alone, with the
+    breakdown tables (camera and view pairs in the pass, hours from the per-query results), and with the
+    tables and their files; the three are run in turn, repeat times, so that a change of load hits all."""
     device = torch.device(args.device)
     qf, gf = data['qf'].to(device), data['gf'].to(device)
     hours = np.random.default_rng(args.seed).integers(7, 18, len(data['q_pids']))  # MSSL-like capture hours
     columns = {side: {'camids': data[f'{side[0]}_camids'], 'views': data[f'{side[0]}_views']}
                for side in ('query', 'gallery')}
 
-    def inference_pass(breakdown, folder):
+    def inference_pass(variant, folder):
+        breakdown = variant != 'plain'
         results = evaluate_protocols(qf, gf, *(data[key] for key in labels), protocols, max_rank=args.max_rank,
                                      chunk_size=args.chunk_size, return_per_query=True, breakdown=breakdown)
         sync()
-        if breakdown:
-            for mode, rows, _ in protocols:
-                result = results[mode]
-                tables = dict(result['breakdown'], hours=query_groups(
-                    hours[rows], result['per_query_ap'], result['first_hit_rank'], result['valid_query_index']))
+        for mode, rows, _ in protocols if breakdown else ():
+            result = results[mode]
+            tables = dict(result['breakdown'], hours=query_groups(
+                hours[rows], result['per_query_ap'], result['first_hit_rank'], result['valid_query_index']))
+            if variant == 'files':
                 query = {key: value[rows] for key, value in columns['query'].items()}
                 write_breakdowns(folder, mode, tables, query, columns['gallery'], 'mssl')
         return results
 
-    seconds = {False: float('inf'), True: float('inf')}
+    variants = ('plain', 'tables', 'files')
+    wall, cpu = {v: [] for v in variants}, {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as folder:
-        inference_pass(True, folder)  # warm-up (matplotlib's first figure)
+        inference_pass('files', folder)  # warm-up
         for _ in range(max(args.repeat, 2)):
-            for breakdown in (False, True):
-                start = time.perf_counter()
-                results = inference_pass(breakdown, folder)
-                seconds[breakdown] = min(seconds[breakdown], time.perf_counter() - start)
-    cells = sum(int((results[mode]['breakdown']['cameras'].valid > 0).sum()) for mode, _, _ in protocols)
-    return {'without_s': seconds[False], 'with_s': seconds[True],
-            'extra_percent': 100 * (seconds[True] / seconds[False] - 1), 'camera_cells': cells}
+            for variant in variants:
+                cpu_start, start = time.process_time(), time.perf_counter()
+                results = inference_pass(variant, folder)
+                wall[variant].append(time.perf_counter() - start)
+                cpu[variant].append(time.process_time() - cpu_start)
+    best = {v: (min(wall[v]), min(cpu[v])) for v in variants}
+    report = {'wall_s': {v: best[v][0] for v in variants}, 'cpu_s': {v: best[v][1] for v in variants},
+              'runs_wall_s': wall, 'runs_cpu_s': cpu,
+              'camera_cells': sum(int((results[mode]['breakdown']['cameras'].valid > 0).sum())
+                                  for mode, _, _ in protocols)}
+    for v in variants[1:]:
+        report[f'{v}_extra_percent'] = 100 * (best[v][0] / best['plain'][0] - 1)
+        report[f'{v}_extra_cpu_percent'] = 100 * (best[v][1] / best['plain'][1] - 1)
+    return report
 
 
 def print_table(report: dict) -> None:
@@ -283,9 +297,13 @@ def print_table(report: dict) -> None:
         print(f"~ published measured on the first {report['args']['baseline_queries']} queries of each "
               "mode and scaled linearly to all queries")
     extra = report['breakdown']
-    print(f"breakdowns (TEST.BREAKDOWN): the ALL pass with per-query results took {extra['without_s']:.2f} s, "
-          f"with the camera / view / hour tables and their files {extra['with_s']:.2f} s "
-          f"({extra['extra_percent']:+.1f} %, best of {max(report['args']['repeat'], 2)})")
+    wall, cpu = extra['wall_s'], extra['cpu_s']
+    print(f"breakdowns (TEST.BREAKDOWN), best of {max(report['args']['repeat'], 2)} runs in turn: the ALL pass with "
+          f"per-query results {wall['plain']:.2f} s ({cpu['plain']:.2f} CPU s); with the camera / view / hour "
+          f"tables {wall['tables']:.2f} s ({cpu['tables']:.2f} CPU s: {extra['tables_extra_percent']:+.1f} % wall, "
+          f"{extra['tables_extra_cpu_percent']:+.1f} % CPU); and their files {wall['files']:.2f} s "
+          f"({cpu['files']:.2f} CPU s: {extra['files_extra_percent']:+.1f} % wall, "
+          f"{extra['files_extra_cpu_percent']:+.1f} % CPU)")
     print(f"mAP and CMC equal the published algorithm's (max |diff| {every['max_abs_diff']:.1e} <= 1e-6); "
           f"load average {report['load_average_at_start'][0]:.2f} at start, "
           f"{report['load_average_at_end'][0]:.2f} at end")

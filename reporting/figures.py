@@ -23,7 +23,7 @@ def font(size: int = 11):
 
 def save_image(image: Image.Image, path: str) -> None:
     buffer = io.BytesIO()
-    image.save(buffer, format='PNG')
+    image.save(buffer, format='PNG', compress_level=1)  # fast; these pictures are small
     atomic_io.write_bytes(path, buffer.getvalue())
 
 
