@@ -127,7 +127,16 @@ def grad_cam(model: nn.Module, images: torch.Tensor, **side) -> torch.Tensor:
 
     encoder_side = {key: value for key, value in side.items() if key != 'sie_weights'}
     layer = last_spatial_layer(model.image_encoder, images, encoder_side)
-    inputs = images.detach().clone().requires_grad_(True)  # gradients reach the layer even with frozen weights
-    with torch.enable_grad(), GradCAM(_WithSideInputs(model, side), [layer]) as cam:
-        maps = cam(inputs, targets=[_FeatureLength()] * len(images))
+    # Gradients flow from the input, not into the weights: the model's own gradients stay as they were.
+    inputs = images.detach().clone().requires_grad_(True)
+    kept = [(parameter, parameter.requires_grad, parameter.grad) for parameter in model.parameters()]
+    try:
+        for parameter, _, _ in kept:
+            parameter.requires_grad_(False)
+        with torch.enable_grad(), GradCAM(_WithSideInputs(model, side), [layer]) as cam:
+            maps = cam(inputs, targets=[_FeatureLength()] * len(images))
+    finally:
+        for parameter, requires_grad, grad in kept:
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = grad
     return torch.from_numpy(maps)

@@ -85,6 +85,16 @@ def labels_from_names(paths: list[str], meta: dict) -> Labels:
     return unknown_labels(len(paths))
 
 
+def image_labels(source: str, paths: list[str], meta: dict, table: dict | None) -> Labels:
+    """The labels of `paths` as --labels `source` asks: 'none', 'auto' (file names) or a CSV (`table`, read
+    by read_label_csv)."""
+    if source == 'none':
+        return unknown_labels(len(paths))
+    if table is not None:
+        return labels_from_csv(paths, table, meta, source)
+    return labels_from_names(paths, meta)
+
+
 def _person_text(pid) -> str:
     return 'P{}T{}A{}'.format(*pid) if isinstance(pid, tuple) else str(pid)
 

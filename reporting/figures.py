@@ -21,6 +21,17 @@ def font(size: int = 11):
         return ImageFont.load_default()
 
 
+def fit_image(image: Image.Image, size: tuple[int, int], pad: tuple) -> Image.Image:
+    """`image` scaled to fit (height, width), centred on a `pad`-coloured canvas of that size."""
+    height, width = size
+    canvas = Image.new('RGB', (width, height), pad)
+    scale = min(width / image.width, height / image.height)
+    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                           Image.Resampling.BICUBIC)
+    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
+    return canvas
+
+
 def save_image(image: Image.Image, path: str) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format='PNG', compress_level=1)  # fast; these pictures are small

@@ -25,7 +25,7 @@ from datasets import camera_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
 from reporting.breakdown import write_breakdowns
-from reporting.figures import font, new_figure, save_figure, save_image, view_name
+from reporting.figures import fit_image, font, new_figure, save_figure, save_image, view_name
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
 from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, ranked_file
@@ -88,11 +88,7 @@ def _fitted(path: str, size: tuple[int, int]) -> Image.Image:
         draw.line((0, 0, width, height), fill=MISS_COLOR, width=2)
         draw.line((0, height, width, 0), fill=MISS_COLOR, width=2)
         return canvas
-    scale = min(width / img.width, height / img.height)
-    resized = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
-    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
-    return canvas
+    return fit_image(img, size, PAD_COLOR)
 
 
 def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, row: int, col: int,
