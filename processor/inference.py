@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from datasets.make_dataloader import make_ordered_loader
+from model.attention_maps import attention_maps
 from utils import atomic_io, distributed
 from evaluation.breakdown import query_groups
 from evaluation.rank import evaluate, evaluate_protocols
@@ -34,6 +35,22 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None, unseen
                               view_label=viewids.to(device))
             chunks.append(feats.float())
         return torch.cat(chunks)
+
+
+def query_attention(cfg, model, device: torch.device, unseen_cameras: bool = False):
+    """For TEST.ATTENTION_MAPS: a function (query columns, query indices) -> [n, H, W] attention maps
+    (model/attention_maps.py) of those queries, loaded and labelled as for their features."""
+    def maps_of(columns: dict, indices: list) -> np.ndarray:
+        items = [(str(columns['paths'][i]), int(columns['pids'][i]), int(columns['camids'][i]),
+                  int(columns['views'][i])) for i in indices]
+        maps = []
+        for images, _, camids, viewids, _ in make_ordered_loader(cfg, items, device):
+            if unseen_cameras:
+                camids = torch.full_like(camids, UNSEEN_CAMERA)
+            maps.append(attention_maps(model, images.to(device), cam_label=camids.to(device),
+                                       view_label=viewids.to(device)).cpu())
+        return torch.cat(maps).numpy()
+    return maps_of
 
 
 def eval_modes(cfg, dataset) -> list:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -24,11 +24,13 @@ from PIL import Image, ImageDraw
 from datasets import camera_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
+from reporting.attention import overlay
 from reporting.breakdown import write_breakdowns
+from reporting.embedding import plot_embedding
 from reporting.figures import fit_image, font, new_figure, save_figure, save_image, view_name
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
-from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, ranked_file
+from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, embedding_file, ranked_file
 
 MATCH_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -52,6 +54,7 @@ class Layout:
     spacing: int = 4          # between gallery cells
     row_gap: int = 10
     margin: int = 8
+    attention: bool = False   # the query's attention map under its labels
 
     @property
     def cell_size(self) -> tuple[int, int]:
@@ -60,7 +63,8 @@ class Layout:
 
     @property
     def row_height(self) -> int:
-        return self.header_height + self.cell_size[1] + self.text_height
+        attention = self.cell_size[1] + self.text_height // 2 if self.attention else 0
+        return self.header_height + self.cell_size[1] + self.text_height + attention
 
     def canvas_size(self, rows: int, topk: int) -> tuple[int, int]:
         cell_w = self.cell_size[0]
@@ -101,14 +105,32 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, r
         draw.text((x, y + cell_h + 2 + 13 * k), line, fill=TEXT_COLOR, font=font)
 
 
+def _draw_attention(canvas: Image.Image, layout: Layout, row: int, path: str, heat, text_font) -> None:
+    """The query's attention map over it, under the query's labels, with a grey border and a caption."""
+    x, y = layout.cell_origin(row, 0)
+    y += layout.cell_size[1] + layout.text_height
+    try:
+        with Image.open(path) as image:
+            picture = overlay(image.convert('RGB'), heat)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return  # the query cell above already shows it as unreadable
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((x, y, x + layout.cell_size[0] - 1, y + layout.cell_size[1] - 1), fill=PAD_COLOR)
+    canvas.paste(fit_image(picture, layout.image_size, PAD_COLOR), (x + layout.border, y + layout.border))
+    draw.text((x, y + layout.cell_size[1] + 1), 'attention', fill=TEXT_COLOR, font=text_font)
+
+
 def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, path: str, title: str = '',
                       dataset_name: str = '', topk: int = 10, layout: Layout = Layout(),
-                      identities_known: bool = True) -> tuple[int, int]:
+                      identities_known: bool = True, query_attention: list | None = None) -> tuple[int, int]:
     """One row per ranked query: the query (blue border) and its top-k gallery images (green:
     same identity, red: another), labelled with rank, camera, view and identity. Returns (w, h).
 
     identities_known=False (a search among unlabelled images): grey borders, no identities, distances
-    instead; a camera or view id of -1 is drawn as '?'. An AP of NaN is left out of the row header."""
+    instead; a camera or view id of -1 is drawn as '?'. An AP of NaN is left out of the row header.
+    query_attention: one map per row (model/attention_maps.py), drawn over the query under its labels."""
+    if query_attention is not None:
+        layout = replace(layout, attention=True)
     width, height = layout.canvas_size(len(ranked), topk)
     canvas = Image.new('RGB', (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -137,6 +159,8 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
         draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=text_font)
         _draw_cell(canvas, draw, layout, row, 0, str(query['paths'][entry.query]), QUERY_COLOR,
                    labels(query, entry.query, 'query ', identity(query, entry.query)), text_font)
+        if query_attention is not None:
+            _draw_attention(canvas, layout, row, str(query['paths'][entry.query]), query_attention[row], text_font)
         for rank, (g_index, match, dist) in enumerate(zip(entry.gallery, entry.match, entry.dist), start=1):
             color = (MATCH_COLOR if match else MISS_COLOR) if identities_known else PAD_COLOR
             second = identity(gallery, g_index) if identities_known else f"d {float(dist):.3f}"
@@ -146,8 +170,9 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
     return width, height
 
 
-def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, int]:
-    """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model)."""
+def ranked_list_for_mode(cfg, mode: str, result: dict, path: str, attention=None) -> tuple[int, int]:
+    """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model).
+    attention: with TEST.ATTENTION_MAPS, a function (query columns, query indices) -> their maps."""
     query, gallery = result['query'], result['gallery']
     distmat = result.get('distmat')
     if 'per_query_ap' in result:
@@ -165,7 +190,8 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, 
     num_easy = sum(entry.tag == 'easy' for entry in ranked)
     title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
              f"(green: same identity, red: another)")
-    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk)
+    heats = list(attention(query, [entry.query for entry in ranked])) if attention is not None and ranked else None
+    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk, query_attention=heats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,11 +268,12 @@ def results_table(metrics_by_mode: dict) -> str:
     return '\n'.join(lines)
 
 
-def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> list[str]:
-    """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR.
+def write_reports(cfg, outcome: dict, logger, details: dict | None = None, attention=None) -> list[str]:
+    """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR; the
+    breakdowns' files with TEST.BREAKDOWN.
 
     outcome: processor/inference.evaluate_model's {mode: {'metrics', 'query', 'gallery', 'qf', 'gf'}};
-    details: lines for the head of results.md (e.g. {'weights': path}).
+    details: lines for the head of results.md (e.g. {'weights': path}); attention: see ranked_list_for_mode.
     """
     if not distributed.is_main():
         return []
@@ -264,8 +291,15 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None) -> li
     if cfg.TEST.VISUALIZE:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, ranked_file(mode))
-            ranked_list_for_mode(cfg, mode, result, path)
+            ranked_list_for_mode(cfg, mode, result, path, attention)
             written.append(path)
+    if cfg.TEST.EMBEDDING_MAP:
+        for mode, result in outcome.items():
+            path = os.path.join(output_dir, embedding_file(mode))
+            drawn = plot_embedding(result['qf'], result['gf'], result['query'], result['gallery'], path, mode,
+                                   cfg.TEST.EMBEDDING_MAP_IDS, cfg.TEST.FEAT_NORM)
+            if drawn['points']:
+                written.append(path)
     for mode, result in outcome.items():
         if 'breakdown' in result:
             written += write_breakdowns(output_dir, mode, result['breakdown'], result['query'], result['gallery'],

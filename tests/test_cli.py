@@ -74,8 +74,11 @@ def direct_camera_pair(features, removal, query_camera, gallery_camera):
 
 def test_camera_breakdowns_equal_a_direct_computation_from_the_saved_features(tiny_mssl, trained_run, tmp_path):
     result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(tmp_path)), 'TEST.EVAL_MODE', 'ALL',
-                        'TEST.WEIGHT', str(trained_run / 'ViT-Tiny-16_2.pth'), 'TEST.SAVE_FEATURES', 'True')
+                        'TEST.WEIGHT', str(trained_run / 'ViT-Tiny-16_2.pth'), 'TEST.SAVE_FEATURES', 'True',
+                        'TEST.VISUALIZE', 'True', 'TEST.ATTENTION_MAPS', 'True', 'TEST.EMBEDDING_MAP', 'True')
     assert result.returncode == 0, result.stderr[-2000:]
+    for mode in MSSL_REMOVAL:  # the pictures asked for besides the breakdowns
+        assert (tmp_path / f'embedding_{mode}.png').is_file() and (tmp_path / f'ranked_{mode}.png').is_file()
     cells = 0
     for mode, removal in MSSL_REMOVAL.items():
         features = np.load(tmp_path / f'features_{mode}.npz', allow_pickle=False)

@@ -325,3 +325,43 @@ def test_breakdown_csv_files(tmp_path):
     assert (tmp_path / 'breakdown_S2G_hours.csv').read_text().splitlines() == [
         'hour,queries,valid_queries,mAP,rank1', 'unknown,1,1,0.500000,1.000000', '9,2,2,0.500000,0.500000',
         '15,2,0,,']
+
+
+def test_embedding_map_of_clustered_features(tmp_path):
+    from reporting.embedding import chosen_identities, plot_embedding
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((30, 16)) * 4
+    q_pids, g_pids = np.repeat(np.arange(25), 2), np.repeat(np.arange(5, 30), 6)  # ids 5-24 in both
+    qf, gf = centres[q_pids] + rng.standard_normal((50, 16)), centres[g_pids] + rng.standard_normal((150, 16))
+    query = _columns(['q.jpg'] * 50, q_pids, np.zeros(50), q_pids % 2)
+    gallery = _columns(['g.jpg'] * 150, g_pids, np.zeros(150), np.arange(150) % 2)
+    np.testing.assert_array_equal(chosen_identities(query, gallery, 8), np.arange(5, 13))
+    drawn = plot_embedding(torch.from_numpy(qf), torch.from_numpy(gf), query, gallery, str(tmp_path / 'map.png'),
+                           'DDC', max_ids=8)
+    assert drawn['points'] == 8 * 2 + 8 * 6 and drawn['query_points'] == 16
+    with Image.open(tmp_path / 'map.png') as picture:
+        assert picture.size == (760, 640)
+    assert plot_embedding(qf, gf, query, _columns(['g.jpg'], [99], [0], [0]), str(tmp_path / 'none.png'), 'DDC',
+                          max_ids=8)['points'] == 0
+    assert not (tmp_path / 'none.png').exists()
+
+
+def test_ranked_list_with_attention_maps_under_the_queries(tmp_path):
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    paths = _solid_images(tmp_path, colors)
+    query = _columns(paths[:2], [1, 2], [0, 1], [1, 0])
+    gallery = _columns(paths[2:], [1, 2], [2, 3], [0, 1])
+    ranked = [ranked_lists.RankedQuery(query=q, tag='hard', ap=0.5, gallery=np.array([0, 1]),
+                                       match=np.array([q == 0, q == 1]), dist=np.zeros(2)) for q in (0, 1)]
+    plain = visualize.draw_ranked_lists(ranked, query, gallery, str(tmp_path / 'plain.png'), topk=2)
+    heat = np.zeros((8, 4))
+    heat[:2] = 1.0
+    size = visualize.draw_ranked_lists(ranked, query, gallery, str(tmp_path / 'maps.png'), topk=2,
+                                       query_attention=[heat, heat])
+    assert size[0] == plain[0] and size[1] > plain[1]
+    with Image.open(tmp_path / 'maps.png') as picture:
+        layout = visualize.Layout(attention=True)
+        x, y = layout.cell_origin(1, 0)
+        y += layout.cell_size[1] + layout.text_height + layout.border
+        top, bottom = picture.getpixel((x + 30, y + 10)), picture.getpixel((x + 30, y + layout.image_size[0] - 10))
+    assert top[0] - bottom[0] > 40 and bottom[2] - top[2] > 40  # high top half: red; low bottom half: blue
