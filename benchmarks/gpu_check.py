@@ -108,12 +108,11 @@ def tiny_training_opts(args, out_dir: str, data: str) -> list:
 # ---------------------------------------------------------------------------------------------- parts
 
 def part_device_checks(ctx) -> dict:
-    from bench_eval import make_data, published_distances, published_eval
+    from bench_eval import make_data
     from model.clip_loader import build_clip
     from model.make_model_clipreid import ReIDModel
     from utils.device import autocast
     from evaluation.rank import MODES, evaluate_protocols, mode_query_mask
-    from utils.vocabulary import MSSL_REMOVAL, SAME_CAMERA
     device = ctx.device
     if device.type == 'cuda':  # TF32 would make fp32 differ from the CPU by ~1e-3; compare true fp32
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -157,19 +156,14 @@ def part_device_checks(ctx) -> dict:
     on_cpu = evaluate_protocols(data['qf'], data['gf'], *labels, protocols, chunk_size=128)
     on_device = evaluate_protocols(data['qf'].to(device), data['gf'].to(device), *labels, protocols,
                                    chunk_size=128)
-    eval_diff, published_diff = 0.0, 0.0
+    eval_diff = 0.0
     for mode, rows, _ in protocols:
         a, b = on_device[mode], on_cpu[mode]
         eval_diff = max(eval_diff, abs(a['mAP'] - b['mAP']), abs(a['mINP'] - b['mINP']),
                         float(np.abs(a['cmc'] - b['cmc']).max()))
-        key = 'camids' if MSSL_REMOVAL[mode] == SAME_CAMERA else 'views'
-        published = published_eval(published_distances(data['qf'][rows], data['gf']), data['q_pids'][rows],
-                                   data['g_pids'], data['q_' + key][rows], data['g_' + key], 50)
-        published_diff = max(published_diff, abs(a['mAP'] - published['mAP']),
-                             float(np.abs(a['cmc'] - published['cmc']).max()))
+    # The CPU evaluator equals the published one on the published protocol vectors (tests/test_metrics.py).
     checks['evaluator_device_vs_cpu'] = eval_diff
-    checks['evaluator_device_vs_published'] = published_diff
-    limits.update(evaluator_device_vs_cpu=1e-6, evaluator_device_vs_published=1e-6)
+    limits.update(evaluator_device_vs_cpu=1e-6)
     failed = [k for k in checks if not checks[k] <= limits[k]]
     summary = ', '.join(f"{k} {checks[k]:.1e} (limit {limits[k]:.0e})" for k in checks)
     return {'status': 'fail' if failed else 'pass', 'summary': summary, 'checks': checks, 'limits': limits,

@@ -29,8 +29,10 @@ _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 3.0
 # Prompt templates; consecutive 'X' words are replaced by learnable per-identity context vectors.
 # The number of fixed tokens before them is derived from the template.
-# 'all' text view (single-prompt CLIP-ReID), 'sky' view (drone images), 'ground' view.
-_C.MODEL.PROMPT_TEMPLATE = 'A photo of a X X X X person.'
+# 'all' text view (single-prompt CLIP-ReID): empty = the training dataset's own, as CLIP-ReID chooses
+# it: 'A photo of a X X X X vehicle.' for veri and vehicleid, 'A photo of a X X X X person.' for the
+# others (the log and the saved config show the one used). 'sky' view (drone images), 'ground' view.
+_C.MODEL.PROMPT_TEMPLATE = ''
 _C.MODEL.PROMPT_TEMPLATE_SKY = 'A sky photo of a X X X X person.'
 _C.MODEL.PROMPT_TEMPLATE_GROUND = 'A ground photo of a X X X X person.'
 # Stage-2 loss = ID_LOSS_WEIGHT * ID + TRIPLET_LOSS_WEIGHT * triplet + sum of image-to-text terms.
@@ -68,8 +70,9 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # DATASETS
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'market1501' or 'csv'
-# (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
+# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', CLIP-ReID's 'market1501',
+# 'msmt17', 'dukemtmcreid' (or CLIP-ReID's name 'dukemtmc'), 'occ_duke', 'veri', 'vehicleid' (or
+# 'VehicleID'), or 'csv' (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
 _C.DATASETS.NAMES = 'mssl'
 # Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query) and,
 # for the datasets that ship them, the protocol lists (for AG-ReID.v2 the outer AG-ReID.v2/ folder).
@@ -80,6 +83,8 @@ _C.DATASETS.ROOT_DIR = 'data/mssl'
 # OUTPUT_DIR/test_<name>/. Empty: evaluate on the training dataset, results in OUTPUT_DIR.
 _C.DATASETS.TEST_NAMES = ''
 _C.DATASETS.TEST_ROOT_DIR = ''
+# VehicleID's test set: the vehicles of train_test_split/test_list_<size>.txt, 800, 1600 or 2400.
+_C.DATASETS.VEHICLEID_TEST_SIZE = 800
 
 # ---------------------------------------------------------------------------------------------
 # DATALOADER
@@ -196,6 +201,10 @@ _C.TEST.SAVE_FEATURES = False
 _C.TEST.VISUALIZE = False
 _C.TEST.VISUALIZE_QUERIES = 8
 _C.TEST.VISUALIZE_TOPK = 10
+# VehicleID: how many times its gallery (one random image per test vehicle) is drawn, from SOLVER.SEED;
+# each draw is the protocol trial<k>, and results_trials.json / results.md give the mean and sample
+# standard deviation over the draws (CLIP-ReID averages 10).
+_C.TEST.VEHICLEID_TRIALS = 10
 # With TEST.VISUALIZE: under each query of the ranked lists, where the model looks (attention rollout of the
 # class token for ViT, Grad-CAM for CNN image encoders; tools/attention_maps.py draws them for any image).
 _C.TEST.ATTENTION_MAPS = False

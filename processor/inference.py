@@ -14,7 +14,7 @@ from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
-from utils.vocabulary import ALL_PROTOCOLS, features_file, results_file
+from utils.vocabulary import ALL_PROTOCOLS, METRIC_KEYS, features_file, results_file
 
 UNSEEN_CAMERA = -1
 
@@ -159,6 +159,37 @@ def format_metrics(metrics: dict) -> str:
             f"({metrics['num_valid_query']}/{metrics['num_query']} queries, {metrics['num_gallery']} gallery)")
 
 
+def summarize_protocols(outcome: dict, summaries: dict) -> dict:
+    """{summary name: its metrics} for each of the dataset's summaries whose member protocols were all
+    evaluated: every metric and the CMC averaged over the members, `std` the sample standard deviation
+    (n - 1; None with one member) of each metric, and the counts (the members', when they agree)."""
+    summarized = {}
+    for name, members in summaries.items():
+        if not all(member in outcome for member in members):
+            continue
+        runs = [outcome[member]['metrics'] for member in members]
+        summary = {'mode': name, 'members': list(members), 'std': {}}
+        for key in METRIC_KEYS:
+            values = np.array([run[key] for run in runs], dtype=np.float64)
+            summary[key] = float(values.mean())
+            summary['std'][key] = float(values.std(ddof=1)) if len(values) > 1 else None
+        for key in ('num_query', 'num_valid_query', 'num_gallery'):
+            values = [run[key] for run in runs]
+            summary[key] = values[0] if len(set(values)) == 1 else float(np.mean(values))
+        ranks = min(len(run['cmc']) for run in runs)
+        summary['cmc'] = np.mean([np.asarray(run['cmc'], dtype=np.float64)[:ranks] for run in runs], axis=0)
+        summarized[name] = summary
+    return summarized
+
+
+def format_summary(summary: dict) -> str:
+    def shown(key):
+        std = summary['std'][key]
+        return f"{summary[key]:.1%}" + (f" ± {std:.1%}" if std is not None else '')
+    return (f"{summary['mode']} (mean ± std over {len(summary['members'])}): mAP {shown('mAP')}  "
+            f"Rank-1 {shown('rank1')}  Rank-5 {shown('rank5')}  Rank-10 {shown('rank10')}  mINP {shown('mINP')}")
+
+
 def results_record(metrics: dict) -> dict:
     keys = ('mode', 'mAP', 'rank1', 'rank5', 'rank10', 'mINP', 'num_query', 'num_valid_query', 'num_gallery')
     record = {key: metrics[key] for key in keys}
@@ -166,11 +197,17 @@ def results_record(metrics: dict) -> dict:
     return record
 
 
-def write_results(output_dir: str, outcome: dict, save_features: bool) -> list:
-    """results_<MODE>.json for each mode, and features_<MODE>.npz (plain arrays) when asked (rank 0 only)."""
+def write_results(output_dir: str, outcome: dict, save_features: bool, summaries: dict | None = None) -> list:
+    """results_<MODE>.json for each mode and each summary (summarize_protocols: its mean metrics, plus
+    `std` and `members`), and features_<MODE>.npz (plain arrays) when asked (rank 0 only)."""
     written = []
     if not distributed.is_main():
         return written
+    for name, summary in (summaries or {}).items():
+        path = os.path.join(output_dir, results_file(name))
+        record = {**results_record(summary), 'std': summary['std'], 'members': summary['members']}
+        atomic_io.write_text(path, json.dumps(record, indent=1, default=float))
+        written.append(path)
     for mode, result in outcome.items():
         path = os.path.join(output_dir, results_file(mode))
         atomic_io.write_text(path, json.dumps(results_record(result['metrics']), indent=1, default=float))

@@ -4,9 +4,8 @@ import os
 import tempfile
 
 from config import load_config
-from datasets import init_dataset
 from datasets.image_check import skip_unreadable_images
-from processor.test_sets import build_test_sets
+from processor.test_sets import build_test_sets, open_dataset
 from utils import distributed
 from utils.device import autocast_dtype, resolve_device, seed_everything
 from utils.errors import UserError
@@ -67,7 +66,7 @@ class Run:
         self.logger.info(f"device: {self.device}; mixed precision: training {self.amp_dtype or 'off'}, "
                          f"test features {self.test_amp_dtype or 'off (fp32)'}; "
                          f"{distributed.describe()}")
-        self.dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
+        self.dataset = open_dataset(cfg, cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
         if cfg.DATALOADER.SKIP_BAD_IMAGES:
             skip_unreadable_images(self.dataset, cfg.DATALOADER.NUM_WORKERS, self.logger)
         data = self.dataset

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from config.validate import split_list
 from datasets import init_dataset
-from datasets.bases import ReIDDataset
+from datasets.bases import DatasetOptions, ReIDDataset
 from datasets.image_check import skip_unreadable_images
-from processor.inference import eval_modes, evaluate_model, query_attention, write_results
+from processor.inference import (eval_modes, evaluate_model, format_summary, query_attention, summarize_protocols,
+                                 write_results)
 from utils import distributed
 from utils.run_lock import results_lock
 from reporting.visualize import write_reports
@@ -51,6 +52,16 @@ class TestSet:
         return cfg
 
 
+def dataset_options(cfg) -> DatasetOptions:
+    """The config values datasets take besides their folder."""
+    return DatasetOptions(vehicleid_test_size=cfg.DATASETS.VEHICLEID_TEST_SIZE,
+                          vehicleid_trials=cfg.TEST.VEHICLEID_TRIALS, seed=cfg.SOLVER.SEED)
+
+
+def open_dataset(cfg, name: str, root: str) -> ReIDDataset:
+    return init_dataset(name, root, dataset_options(cfg))
+
+
 def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
     """The training dataset when DATASETS.TEST_NAMES is empty, else each dataset it names, read, checked
     against TEST.EVAL_MODE and described in the log."""
@@ -62,7 +73,7 @@ def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
         label = name if name not in labels else f'{name}_{number}'
         labels.add(label)
         same = name == cfg.DATASETS.NAMES and os.path.realpath(root) == os.path.realpath(cfg.DATASETS.ROOT_DIR)
-        dataset = train_dataset if same else init_dataset(name, root)
+        dataset = train_dataset if same else open_dataset(cfg, name, root)
         if not same and cfg.DATALOADER.SKIP_BAD_IMAGES:
             skip_unreadable_images(dataset, cfg.DATALOADER.NUM_WORKERS, logger)
         eval_modes(cfg, dataset)  # an undeclared TEST.EVAL_MODE stops the run before any training
@@ -86,12 +97,19 @@ def evaluate_test_sets(cfg, model, test_sets: list[TestSet], device, logger, amp
                 os.makedirs(set_cfg.OUTPUT_DIR, exist_ok=True)
         outcome = evaluate_model(set_cfg, model, test_set.dataset, device, logger, amp_dtype,
                                  unseen_cameras=not test_set.seen_cameras)
+        summaries = summarize_protocols(outcome, test_set.dataset.summaries)
+        for summary in summaries.values():
+            logger.info(format_summary(summary))
         # Results are written one set at a time: another run writing into this folder waits its turn.
         with results_lock(set_cfg.OUTPUT_DIR):
-            for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features):
+            for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features, summaries=summaries):
                 logger.info(f"wrote {path}")
             attention = (query_attention(set_cfg, model, device, unseen_cameras=not test_set.seen_cameras)
                          if cfg.TEST.ATTENTION_MAPS else None)
-            write_reports(set_cfg, outcome, logger, details, attention)
-        metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()})
+            write_reports(set_cfg, outcome, logger, details, summaries, attention)
+        # A summary stands for its members in the returned metrics (and so in metrics.jsonl and the curves).
+        summarized = {member for summary in summaries.values() for member in summary['members']}
+        metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()
+                        if mode not in summarized})
+        metrics.update({test_set.key(name): summary for name, summary in summaries.items()})
     return metrics

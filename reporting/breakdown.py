@@ -14,9 +14,9 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets import camera_name
+from datasets import camera_name, view_name
 from evaluation.breakdown import GroupTable, PairTable
-from reporting.figures import font, save_image, view_name
+from reporting.figures import font, save_image
 from utils import atomic_io
 from utils.vocabulary import BREAKDOWN_COLUMNS, SKY, breakdown_file, breakdown_heatmap_file
 
@@ -136,7 +136,7 @@ def plot_camera_heatmap(table: PairTable, camera_views: dict, path: str, title: 
         views = [camera_views.get(c, -1) for c in cameras]
         starts = [k for k in range(len(views)) if k == 0 or views[k] != views[k - 1]]
         for start, end in zip(starts, starts[1:] + [len(views)]):
-            name = view_name(views[start]) if views[start] >= 0 else 'view ?'
+            name = view_name(dataset_name, views[start]) if views[start] >= 0 else 'view ?'
             if along_columns:
                 if start:
                     draw.line((left + start * CELL, top, left + start * CELL, top + grid_height - 1),
@@ -165,7 +165,8 @@ def write_breakdowns(output_dir: str, mode: str, tables: dict, query: dict, gall
     """The CSV file of each table in `tables` ({'cameras', 'views'[, 'hours']}) and the camera heatmap;
     returns the paths written. query / gallery: the protocol's columns (camids, views)."""
     written = []
-    names = {'cameras': lambda c: camera_name(dataset_name, c), 'views': view_name, 'hours': hour_name}
+    names = {'cameras': lambda c: camera_name(dataset_name, c), 'views': lambda v: view_name(dataset_name, v),
+             'hours': hour_name}
     for kind, table in tables.items():
         path = os.path.join(output_dir, breakdown_file(mode, kind))
         rows = group_rows(table, names[kind]) if isinstance(table, GroupTable) else pair_rows(table, names[kind])

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reporting.figures import new_figure, save_figure, view_name
+from datasets import view_name
+from reporting.figures import new_figure, save_figure
 from utils.vocabulary import GROUND, SKY
 
 MARKERS = {GROUND: 'o', SKY: '^'}
@@ -33,7 +34,7 @@ def tsne_points(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def plot_embedding(qf, gf, query: dict, gallery: dict, path: str, mode: str, max_ids: int,
-                   feat_norm: bool = True) -> dict:
+                   feat_norm: bool = True, dataset_name: str = '') -> dict:
     """Draw the map of protocol `mode`; returns {'identities', 'points', 'query_points'} (what was drawn;
     nothing is written when fewer than 3 images are left)."""
     identities = chosen_identities(query, gallery, max_ids)
@@ -67,7 +68,7 @@ def plot_embedding(qf, gf, query: dict, gallery: dict, path: str, mode: str, max
     for (x, y), pid in zip(points[is_query], pids[is_query]):
         axes.annotate(str(pid), (x, y), textcoords='offset points', xytext=(5, 4), fontsize=6, zorder=4)
     handles = [axes.scatter([], [], marker=MARKERS.get(int(view), OTHER_VIEW_MARKER), c='grey', s=30,
-                            label=view_name(view)) for view in np.unique(views)]
+                            label=view_name(dataset_name, view) or 'images') for view in np.unique(views)]
     handles.append(axes.scatter([], [], marker='o', c='white', edgecolors='black', linewidths=1.4, s=90,
                                 label='query (its identity beside it)'))
     axes.legend(handles=handles, loc='best', fontsize=8, framealpha=0.8)

@@ -1,5 +1,5 @@
 """What every picture of reporting/ shares: a matplotlib figure on the Agg canvas (no pyplot, no global
-backend change) or a PIL image, written atomically as PNG; PIL's font; the labels of views."""
+backend change) or a PIL image, written atomically as PNG; PIL's font."""
 from __future__ import annotations
 
 import io
@@ -7,11 +7,6 @@ import io
 from PIL import Image, ImageFont
 
 from utils import atomic_io
-from utils.vocabulary import VIEW_NAMES
-
-
-def view_name(viewid: int) -> str:
-    return VIEW_NAMES.get(int(viewid), f'view{viewid}')
 
 
 def font(size: int = 11):

@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets import camera_name
+from datasets import camera_name, view_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
 from reporting.attention import overlay
 from reporting.breakdown import write_breakdowns
 from reporting.embedding import plot_embedding
-from reporting.figures import fit_image, font, new_figure, save_figure, save_image, view_name
+from reporting.figures import fit_image, font, new_figure, save_figure, save_image
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
 from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, embedding_file, ranked_file
@@ -142,7 +142,7 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
         if camid < 0 and viewid < 0:
             return [prefix.strip(), second]
         cam = camera_name(dataset_name, camid) if camid >= 0 else '?'
-        view = view_name(viewid) if viewid >= 0 else '?'
+        view = view_name(dataset_name, viewid) if viewid >= 0 else '?'
         return [f"{prefix}{cam} {view}", second]
 
     def identity(columns: dict, index: int) -> str:
@@ -257,29 +257,41 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
 # Results table and the reports of a run
 # ---------------------------------------------------------------------------------------------
 def results_table(metrics_by_mode: dict) -> str:
-    """A markdown table: mode, mAP, R1, R5, R10, mINP (%), queries (counted/all), gallery."""
+    """A markdown table: mode, mAP, R1, R5, R10, mINP (%), queries (counted/all), gallery. A summary
+    (processor/inference.summarize_protocols) shows mean ± sample standard deviation over its members."""
     lines = ['| mode | mAP (%) | R1 (%) | R5 (%) | R10 (%) | mINP (%) | queries | gallery |',
              '|:--|--:|--:|--:|--:|--:|--:|--:|']
     for mode, m in metrics_by_mode.items():
         queries = (str(m['num_query']) if m['num_valid_query'] == m['num_query']
                    else f"{m['num_valid_query']}/{m['num_query']}")
-        lines.append(f"| {mode} | {100 * m['mAP']:.1f} | {100 * m['rank1']:.1f} | {100 * m['rank5']:.1f} | "
-                     f"{100 * m['rank10']:.1f} | {100 * m['mINP']:.1f} | {queries} | {m['num_gallery']} |")
+        std = m.get('std', {})
+
+        def cell(key):
+            return f"{100 * m[key]:.1f}" + (f" ± {100 * std[key]:.1f}" if std.get(key) is not None else '')
+        label = f"{mode} (mean ± std of {len(m['members'])})" if 'members' in m else mode
+        lines.append(f"| {label} | {cell('mAP')} | {cell('rank1')} | {cell('rank5')} | "
+                     f"{cell('rank10')} | {cell('mINP')} | {queries} | {m['num_gallery']} |")
     return '\n'.join(lines)
 
 
-def write_reports(cfg, outcome: dict, logger, details: dict | None = None, attention=None) -> list[str]:
+def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None,
+                  attention=None) -> list[str]:
     """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR; the
-    breakdowns' files with TEST.BREAKDOWN.
+    breakdowns' files with TEST.BREAKDOWN and embedding_<MODE>.png with TEST.EMBEDDING_MAP.
 
     outcome: processor/inference.evaluate_model's {mode: {'metrics', 'query', 'gallery', 'qf', 'gf'}};
-    details: lines for the head of results.md (e.g. {'weights': path}); attention: see ranked_list_for_mode.
+    details: lines for the head of results.md (e.g. {'weights': path}); summaries: rows after the
+    modes (processor/inference.summarize_protocols), whose mean CMC replaces their members' in cmc.png;
+    attention: see ranked_list_for_mode.
     """
     if not distributed.is_main():
         return []
     output_dir = cfg.OUTPUT_DIR
+    summaries = summaries or {}
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}
-    table = results_table(metrics)
+    table = results_table({**metrics, **summaries})
+    summarized = {member for summary in summaries.values() for member in summary['members']}
+    curves = {mode: m['cmc'] for mode, m in {**metrics, **summaries}.items() if mode not in summarized}
     logger.info('results:\n' + table)
     details = {'dataset': f"{cfg.DATASETS.NAMES} ({cfg.DATASETS.ROOT_DIR})", 'model': cfg.MODEL.NAME,
                **(details or {})}
@@ -287,7 +299,7 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None, atten
     written = [os.path.join(output_dir, RESULTS_TABLE), os.path.join(output_dir, CMC_PLOT)]
     atomic_io.write_text(written[0], f"# Results\n\n{head}\n\n{table}\n\n"
                                      "Percentages; queries without a positive after removal are not counted.\n")
-    plot_cmc({mode: m['cmc'] for mode, m in metrics.items()}, written[1])
+    plot_cmc(curves, written[1])
     if cfg.TEST.VISUALIZE:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, ranked_file(mode))
@@ -297,7 +309,7 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None, atten
         for mode, result in outcome.items():
             path = os.path.join(output_dir, embedding_file(mode))
             drawn = plot_embedding(result['qf'], result['gf'], result['query'], result['gallery'], path, mode,
-                                   cfg.TEST.EMBEDDING_MAP_IDS, cfg.TEST.FEAT_NORM)
+                                   cfg.TEST.EMBEDDING_MAP_IDS, cfg.TEST.FEAT_NORM, cfg.DATASETS.NAMES)
             if drawn['points']:
                 written.append(path)
     for mode, result in outcome.items():

@@ -278,8 +278,8 @@ def test_eval_mode_is_checked_against_the_datasets_protocols():
 def test_test_dataset_keys():
     cfg = load_config('', ['DATASETS.TEST_NAMES', 'agreid, lagper', 'DATASETS.TEST_ROOT_DIR', 'a, b'])
     assert cfg.DATASETS.TEST_NAMES == 'agreid, lagper'
-    with pytest.raises(UserError, match="DATASETS.TEST_NAMES.*'dukemtmc' is not a dataset"):
-        load_config('', ['DATASETS.TEST_NAMES', 'dukemtmc', 'DATASETS.TEST_ROOT_DIR', 'a'])
+    with pytest.raises(UserError, match="DATASETS.TEST_NAMES.*'cuhk03' is not a dataset"):
+        load_config('', ['DATASETS.TEST_NAMES', 'cuhk03', 'DATASETS.TEST_ROOT_DIR', 'a'])
     with pytest.raises(UserError, match=r'DATASETS.TEST_ROOT_DIR.*needs one folder per DATASETS.TEST_NAMES entry \(2\)'):
         load_config('', ['DATASETS.TEST_NAMES', 'agreid,cargo', 'DATASETS.TEST_ROOT_DIR', 'a'])
     with pytest.raises(UserError, match='DATASETS.TEST_ROOT_DIR'):

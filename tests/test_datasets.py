@@ -239,10 +239,12 @@ def test_agreid_splits_and_identities(tmp_path):
 
 
 def test_init_dataset(tmp_path):
-    assert set(FACTORY) == {'mssl', 'agreid', 'market1501', 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv'}
+    assert set(FACTORY) == {'mssl', 'agreid', 'market1501', 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv',
+                            'msmt17', 'dukemtmcreid', 'occ_duke', 'veri', 'vehicleid'}
     assert isinstance(init_dataset('mssl', basic_mssl(tmp_path)), MSSL)
-    with pytest.raises(UserError, match='agreid, agreid_v2, cargo, csv, g2aps_reid, lagper, market1501, mssl'):
-        init_dataset('dukemtmc', str(tmp_path))
+    with pytest.raises(UserError, match='agreid, agreid_v2, cargo, csv, dukemtmcreid, g2aps_reid, lagper, market1501, '
+                                        'msmt17, mssl, occ_duke, vehicleid, veri'):
+        init_dataset('cuhk03', str(tmp_path))
 
 
 # ---- image loading ----

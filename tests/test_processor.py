@@ -120,3 +120,24 @@ def test_all_modes_ranked_together_equal_each_mode_alone(tiny_mssl, tmp_path):
             assert result['metrics'][key] == pytest.approx(alone[key], rel=1e-12, abs=0), (mode, key)
         assert (result['metrics']['cmc'] == alone['cmc']).all()
         assert (result['valid_query_index'] == alone['valid_query_index']).all()
+
+
+def test_a_summary_is_the_mean_and_sample_std_of_its_members():
+    from processor.inference import summarize_protocols
+    from reporting.visualize import results_table
+
+    def run(mAP, rank1):
+        return {'metrics': {'mAP': mAP, 'rank1': rank1, 'rank5': 1.0, 'rank10': 1.0, 'mINP': mAP, 'num_query': 6,
+                            'num_valid_query': 6, 'num_gallery': 3, 'cmc': [rank1, 1.0]}}
+
+    outcome = {'trial1': run(0.5, 0.2), 'trial2': run(0.7, 0.4), 'trial3': run(0.6, 0.3)}
+    summaries = summarize_protocols(outcome, {'trials': ('trial1', 'trial2', 'trial3'), 'more': ('trial1', 'trial4')})
+    assert list(summaries) == ['trials']  # a summary whose members were not all evaluated is left out
+    trials = summaries['trials']
+    assert trials['mAP'] == pytest.approx(0.6) and trials['std']['mAP'] == pytest.approx(0.1)  # n - 1
+    assert trials['rank5'] == 1.0 and trials['std']['rank5'] == 0.0
+    assert trials['num_query'] == 6 and list(trials['cmc']) == pytest.approx([0.3, 1.0])
+    assert results_table(summaries).splitlines()[-1] == ('| trials (mean ± std of 3) | 60.0 ± 10.0 | 30.0 ± 10.0 | '
+                                                         '100.0 ± 0.0 | 100.0 ± 0.0 | 60.0 ± 10.0 | 6 | 3 |')
+    single = summarize_protocols({'trial1': run(0.5, 0.2)}, {'trials': ('trial1',)})['trials']
+    assert single['std']['mAP'] is None and '| 50.0 |' in results_table({'trials': single})

@@ -365,3 +365,11 @@ def test_ranked_list_with_attention_maps_under_the_queries(tmp_path):
         y += layout.cell_size[1] + layout.text_height + layout.border
         top, bottom = picture.getpixel((x + 30, y + 10)), picture.getpixel((x + 30, y + layout.image_size[0] - 10))
     assert top[0] - bottom[0] > 40 and bottom[2] - top[2] > 40  # high top half: red; low bottom half: blue
+
+
+def test_pictures_name_each_datasets_cameras_and_views():
+    from datasets import camera_name, view_name
+    assert [camera_name(name, 0) for name in ('mssl', 'msmt17', 'dukemtmcreid', 'veri', 'vehicleid')] == [
+        'c01', 'c01', 'c1', 'c001', 'cam0']
+    assert view_name('mssl', 1) == 'sky' and view_name('msmt17', 1) == 'sky'
+    assert view_name('veri', 1) == 'viewpoint 1' and view_name('vehicleid', 0) == ''

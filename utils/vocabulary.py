@@ -27,6 +27,13 @@ ALL_PROTOCOLS = 'ALL'
 MSSL_REMOVAL = {'S2G': SAME_VIEW, 'G2S': SAME_VIEW, 'DDC': SAME_CAMERA}
 # The view whose queries a view-specific MSSL protocol uses.
 MSSL_QUERY_VIEW = {'S2G': SKY, 'G2S': GROUND}
+# Every query against the whole gallery, the query's identity in the query's camera removed: MSSL's
+# DDC, and the one protocol of the single-view datasets (Market-1501, MSMT17, DukeMTMC-reID, VeRi-776).
+DDC = 'DDC'
+# VehicleID: one protocol per random draw of its gallery (trial1, trial2, ...), reported together as
+# the mean and sample standard deviation over the draws under the name TRIALS.
+TRIAL_PREFIX = 'trial'
+TRIALS = 'trials'
 
 # Text views: 'all' is the single CLIP-ReID prompt, 'sky' / 'ground' the MSP view prompts.
 TEXT_VIEWS = ('all', 'sky', 'ground')
