@@ -153,8 +153,8 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     else:  # one histogram per gallery group: one more in-place add, keys (group, row, bin)
         bucket += groups.of_gallery * block
         hist = torch.bincount(bucket.view(-1), minlength=block * groups.count)
-        at_most_by_group = torch.cumsum(hist.view(groups.count, batch, num_bins).permute(1, 2, 0), dim=1)[:, :-1]
-        at_most = at_most_by_group.sum(2)
+        at_most_by_group = torch.cumsum(hist.view(groups.count, batch, num_bins), dim=2)[:, :, :-1]  # [G, B, 2M]
+        at_most = at_most_by_group.sum(0)
     slot = torch.arange(width, device=device)
     starts_group = torch.ones_like(cand_valid)
     starts_group[:, 1:] = cand_dist[:, 1:] != cand_dist[:, :-1]
@@ -166,10 +166,11 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     positions = less + (slot - first)
     by_group = None
     if groups is not None:
+        less_by_group = at_most_by_group[:, :, 0::2].gather(2, first.expand(groups.count, -1, -1)).permute(1, 2, 0)
         first_of = first.unsqueeze(2).expand(-1, -1, groups.count)
         in_group = groups.one_hot(cand_idx, cand_valid)
         before = torch.cumsum(in_group, 1) - in_group  # candidates of each group in earlier slots
-        by_group = at_most_by_group[:, 0::2].gather(1, first_of) + before - before.gather(1, first_of)
+        by_group = less_by_group + before - before.gather(1, first_of)
     other_tie = ((less_equal - less > tied_candidates) & cand_valid).any(1)
     candidate_tie = ((tied_candidates > 1) & cand_valid).any(1)
     scan = other_tie & ~candidate_tie
