@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from model.feature_api import PRECISIONS, SIDE_INFO_CHOICES, FeatureExtractor, load_reid_model
-from processor.search import image_labels, list_images, read_label_csv, top_k, write_outputs
+from model.feature_api import PRECISIONS, FeatureExtractor, load_reid_model
+from processor.search import add_label_arguments, image_labels, list_images, read_label_csv, top_k, write_outputs
 from processor.run import prepare_output_dir
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logger
@@ -34,11 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--gallery', required=True, help='a folder of gallery images (any file names)')
     parser.add_argument('--output', required=True, help='folder for the results')
     parser.add_argument('--topk', type=int, default=10, help='gallery images listed per query (default 10)')
-    parser.add_argument('--labels', default='auto',
-                        help="'auto' (from file names of a known dataset naming), 'none', or a CSV with columns "
-                             "image, camera, view, person")
-    parser.add_argument('--side-info', default='mean', choices=SIDE_INFO_CHOICES,
-                        help='what unknown camera/view labels do with an SIE model (default mean)')
+    add_label_arguments(parser)
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument('--precision', default='fp32', choices=list(PRECISIONS))
     parser.add_argument('--batch-size', type=int, default=64)

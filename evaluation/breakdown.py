@@ -22,8 +22,23 @@ def _ratio(numerator: np.ndarray, count: np.ndarray) -> np.ndarray:
         return np.where(count > 0, numerator / np.maximum(count, 1), np.nan)
 
 
+class _Rates:
+    """mAP and Rank-1 from the sums `valid`, `ap_sum` and `hits` (NaN where no query is valid)."""
+    valid: np.ndarray
+    ap_sum: np.ndarray
+    hits: np.ndarray
+
+    @property
+    def mAP(self) -> np.ndarray:
+        return _ratio(self.ap_sum, self.valid)
+
+    @property
+    def rank1(self) -> np.ndarray:
+        return _ratio(self.hits, self.valid)
+
+
 @dataclass
-class PairTable:
+class PairTable(_Rates):
     """One protocol's metrics for each (query group, gallery group) pair.
 
     query_groups / gallery_groups: the label (camera or view id) of each row / column; queries[r]: the
@@ -37,31 +52,15 @@ class PairTable:
     ap_sum: np.ndarray
     hits: np.ndarray
 
-    @property
-    def mAP(self) -> np.ndarray:
-        return _ratio(self.ap_sum, self.valid)
-
-    @property
-    def rank1(self) -> np.ndarray:
-        return _ratio(self.hits, self.valid)
-
 
 @dataclass
-class GroupTable:
+class GroupTable(_Rates):
     """One protocol's metrics for each group of its queries (against the whole gallery)."""
     groups: np.ndarray
     queries: np.ndarray
     valid: np.ndarray
     ap_sum: np.ndarray
     hits: np.ndarray
-
-    @property
-    def mAP(self) -> np.ndarray:
-        return _ratio(self.ap_sum, self.valid)
-
-    @property
-    def rank1(self) -> np.ndarray:
-        return _ratio(self.hits, self.valid)
 
 
 def query_groups(labels, per_query_ap, first_hit_rank, valid_query_index) -> GroupTable:

@@ -93,6 +93,13 @@ def random_protocol(rng, num_query, num_gallery, num_ids, dim, int_range=0):
     return qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views
 
 
+def evaluator_distances(qf, gf, feat_norm):
+    """float64 squared distances as the evaluator ranks (integer features: exact, unnormalised)."""
+    if feat_norm:
+        qf, gf = qf / np.linalg.norm(qf, axis=1, keepdims=True), gf / np.linalg.norm(gf, axis=1, keepdims=True)
+    return squared_distances(qf.astype(np.float64), gf.astype(np.float64))
+
+
 def assert_same(result, expected, tol=1e-6):
     assert result['num_valid_query'] == expected['num_valid_query']
     assert result['mAP'] == pytest.approx(expected['mAP'], abs=tol)
@@ -182,11 +189,7 @@ def test_protocols_at_once_match_plain_reference_per_protocol(integer):
     labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
     results = evaluate_protocols(qf, gf, *labels, mssl_protocols(q_views), chunk_size=11,
                                  feat_norm=not integer, return_per_query=True)
-    if integer:
-        distmat = squared_distances(qf.astype(np.float64), gf.astype(np.float64))
-    else:
-        distmat = squared_distances(qf / np.linalg.norm(qf, axis=1, keepdims=True),
-                                    gf / np.linalg.norm(gf, axis=1, keepdims=True))
+    distmat = evaluator_distances(qf, gf, feat_norm=not integer)
     assert list(results) == list(MODES)
     for mode in MODES:
         keep = mode_query_mask(mode, q_views)
@@ -246,11 +249,7 @@ def test_breakdown_cells_equal_the_protocol_on_each_restricted_gallery(integer):
     labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
     results = evaluate_protocols(qf, gf, *labels, mssl_protocols(q_views), chunk_size=9,
                                  feat_norm=not integer, breakdown=True)
-    if integer:
-        distmat = squared_distances(qf.astype(np.float64), gf.astype(np.float64))
-    else:
-        distmat = squared_distances(qf / np.linalg.norm(qf, axis=1, keepdims=True),
-                                    gf / np.linalg.norm(gf, axis=1, keepdims=True))
+    distmat = evaluator_distances(qf, gf, feat_norm=not integer)
     checked = 0
     for mode in MODES:
         keep = mode_query_mask(mode, q_views)

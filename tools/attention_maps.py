@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from model.attention_maps import attention_maps, method_for  # noqa: E402
-from model.feature_api import SIDE_INFO_CHOICES, FeatureExtractor, as_pil, load_reid_model  # noqa: E402
+from model.feature_api import FeatureExtractor, as_pil, load_reid_model  # noqa: E402
 from processor.run import prepare_output_dir  # noqa: E402
-from processor.search import image_labels, list_images, read_label_csv  # noqa: E402
+from processor.search import add_label_arguments, image_labels, list_images, read_label_csv  # noqa: E402
 from reporting.attention import write_grid, write_overlay  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
 from utils.vocabulary import ATTENTION_GRID, ATTENTION_SUFFIX  # noqa: E402
@@ -31,11 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--weight', required=True, help='re-ID checkpoint (MODEL.NAME_<epoch>.pth or resume.pth)')
     parser.add_argument('--images', required=True, nargs='+', help='image files and/or folders of images')
     parser.add_argument('--output', required=True, help='folder for the pictures')
-    parser.add_argument('--labels', default='auto',
-                        help="camera/view labels for SIE: 'auto' (file names of a known dataset naming), 'none', "
-                             "or a CSV with columns image, camera, view")
-    parser.add_argument('--side-info', default='mean', choices=SIDE_INFO_CHOICES,
-                        help='what unknown camera/view labels do with an SIE model (default mean)')
+    add_label_arguments(parser)
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--config_file', default='',
