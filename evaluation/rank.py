@@ -12,6 +12,8 @@ between protocols that rank the same query against the same gallery.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -403,7 +405,8 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
             if groups is not None:
                 by_group[sorted_rows] = sorted_by_group
         if groups is not None:
-            columns = _candidate_columns(groups, by_group, cand_idx, cand_valid)
+            with _one_thread_on_cpu(device):
+                columns = _candidate_columns(groups, by_group, cand_idx, cand_valid)
 
         for total, where in zip(totals, member):
             index = where[start:start + chunk_size]
@@ -412,8 +415,9 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
                 junk = _score_chunk(total, index[local], rows[local], positions[local], cand_idx[local],
                                     cand_valid[local], attributes.get(total.removal), return_per_query)
                 if groups is not None:
-                    local_columns = {name: tuple(part[local] for part in parts) for name, parts in columns.items()}
-                    _score_pairs(total, groups, rows[local], local_columns, cand_valid[local] & ~junk, junk)
+                    with _one_thread_on_cpu(device):
+                        local_columns = {name: tuple(part[local] for part in parts) for name, parts in columns.items()}
+                        _score_pairs(total, groups, rows[local], local_columns, cand_valid[local] & ~junk, junk)
 
     results = {}
     for total in totals:
@@ -458,6 +462,21 @@ def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor
         total.first_hit.append(first.cpu().numpy())
         total.valid_index.append(index[valid].cpu().numpy())
     return junk
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device):
+    """The breakdowns' many small operations per chunk run on one CPU thread. Split over several, each
+    waits for all of them, which on a busy machine can cost a scheduler tick per operation."""
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _candidate_columns(groups: _GalleryGroupsByLabel, by_group: torch.Tensor, cand_idx: torch.Tensor,
