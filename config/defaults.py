@@ -213,6 +213,18 @@ _C.TEST.VISUALIZE_TOPK = 10
 # each draw is the protocol trial<k>, and results_trials.json / results.md give the mean and sample
 # standard deviation over the draws (CLIP-ReID averages 10).
 _C.TEST.VEHICLEID_TRIALS = 10
+# With TEST.VISUALIZE: under each query of the ranked lists, where the model looks (attention rollout of the
+# class token for ViT, Grad-CAM for CNN image encoders; tools/attention_maps.py draws them for any image).
+_C.TEST.ATTENTION_MAPS = False
+# Where a model fails, computed by the evaluator in its ranking pass: breakdown_<MODE>_cameras.csv (each
+# query camera against the gallery of each camera, after the protocol's removal rule) and its heatmap
+# breakdown_<MODE>_cameras.png, breakdown_<MODE>_views.csv (sky/ground query view x gallery view) and, for
+# MSSL, breakdown_<MODE>_hours.csv (by the hour the query was taken). docs/evaluation.md.
+_C.TEST.BREAKDOWN = True
+# embedding_<MODE>.png: a t-SNE map of the test features of up to EMBEDDING_MAP_IDS identities (colour:
+# identity, marker: sky or ground view, queries outlined).
+_C.TEST.EMBEDDING_MAP = False
+_C.TEST.EMBEDDING_MAP_IDS = 20
 
 # ---------------------------------------------------------------------------------------------
 # LOG

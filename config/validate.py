@@ -162,6 +162,10 @@ RULES = {
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
     'TEST.VEHICLEID_TRIALS': _int_at_least(1),
     'LOG.TENSORBOARD': _BOOL,
+    'TEST.ATTENTION_MAPS': _BOOL,
+    'TEST.BREAKDOWN': _BOOL,
+    'TEST.EMBEDDING_MAP': _BOOL,
+    'TEST.EMBEDDING_MAP_IDS': ((lambda v: _is_int(v) and 2 <= v <= 200), 'must be an integer in [2, 200]'),
     'OUTPUT_DIR': _NON_EMPTY,
 }
 
@@ -200,6 +204,9 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if cfg.SOLVER.STAGE1.WARMUP_EPOCHS > cfg.SOLVER.STAGE1.MAX_EPOCHS:
         _fail('SOLVER.STAGE1.WARMUP_EPOCHS', cfg.SOLVER.STAGE1.WARMUP_EPOCHS,
               f'exceeds SOLVER.STAGE1.MAX_EPOCHS ({cfg.SOLVER.STAGE1.MAX_EPOCHS})')
+    if cfg.TEST.ATTENTION_MAPS and not cfg.TEST.VISUALIZE:
+        _fail('TEST.ATTENTION_MAPS', True, 'draws under the queries of the ranked lists: set TEST.VISUALIZE True too '
+              '(tools/attention_maps.py draws them for any images)')
     if cfg.SOLVER.STAGE1.LR_MIN > cfg.SOLVER.STAGE1.BASE_LR:
         _fail('SOLVER.STAGE1.LR_MIN', cfg.SOLVER.STAGE1.LR_MIN, 'exceeds SOLVER.STAGE1.BASE_LR')
     from datasets import FACTORY  # imported here: datasets imports utils, not config

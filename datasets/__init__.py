@@ -27,6 +27,16 @@ FACTORY: dict[str, type[ReIDDataset]] = {
 ALIASES = {'dukemtmc': 'dukemtmcreid', 'VehicleID': 'vehicleid'}
 
 
+def camera_name(dataset_name: str, camid: int) -> str:
+    """Camera `camid` of dataset `dataset_name` (DATASETS.NAMES) as its file names write it ('c05')."""
+    return FACTORY.get(ALIASES.get(dataset_name, dataset_name), ReIDDataset).camera_name(int(camid))
+
+
+def view_name(dataset_name: str, viewid: int) -> str:
+    """View `viewid` of dataset `dataset_name` as pictures and tables name it ('sky', 'viewpoint 2')."""
+    return FACTORY.get(ALIASES.get(dataset_name, dataset_name), ReIDDataset).view_name(int(viewid))
+
+
 def init_dataset(name: str, root: str, options: DatasetOptions = DatasetOptions()) -> ReIDDataset:
     """The dataset called `name` (DATASETS.NAMES) read from `root` (DATASETS.ROOT_DIR)."""
     name = ALIASES.get(name, name)
@@ -35,6 +45,6 @@ def init_dataset(name: str, root: str, options: DatasetOptions = DatasetOptions(
     return FACTORY[name].from_options(root, options)
 
 
-__all__ = ['FACTORY', 'ALIASES', 'init_dataset', 'DatasetOptions', 'ReIDDataset', 'ImageDataset', 'Protocol',
-           'MSSL', 'AGReID', 'AGReIDv2', 'CARGO', 'G2APSReID', 'LAGPeR', 'Market1501', 'CSVDataset', 'MSMT17',
+__all__ = ['FACTORY', 'ALIASES', 'camera_name', 'view_name', 'init_dataset', 'DatasetOptions', 'ReIDDataset', 'ImageDataset',
+           'Protocol', 'MSSL', 'AGReID', 'AGReIDv2', 'CARGO', 'G2APSReID', 'LAGPeR', 'Market1501', 'CSVDataset', 'MSMT17',
            'DukeMTMCreID', 'OccludedDuke', 'VeRi', 'VehicleID']

@@ -134,6 +134,19 @@ class ReIDDataset:
         """(raw pid, camid, viewid) from a file name; raw pid -1 marks a junk image."""
         raise NotImplementedError
 
+    # Datasets whose file names say when an image was taken (MSSL): file name -> hour 0-23, or -1.
+    capture_hour: Callable[[str], int] | None = None
+
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        """The camera's name as the dataset's files write it (for pictures, tables and checkpoints)."""
+        return f'cam{camid}'
+
+    @staticmethod
+    def view_name(viewid: int) -> str:
+        """The view's name in pictures and tables."""
+        return VIEW_NAMES.get(viewid, f'view{viewid}')
+
     def __init__(self, root: str):
         self.root = check_root(root)
         self.protocols: dict[str, Protocol] = {}

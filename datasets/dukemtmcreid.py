@@ -28,6 +28,10 @@ class DukeMTMCreID(ReIDDataset):
     protocol_names = (DDC,)
     num_train_views = 1
     parse_name = staticmethod(parse_duke_name)
+
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1}'
     release_folder = 'DukeMTMC-reID'
 
     def __init__(self, root: str):

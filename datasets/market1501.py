@@ -24,6 +24,10 @@ class Market1501(ReIDDataset):
     protocol_names = (DDC,)
     parse_name = staticmethod(parse_market_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1}'
+
     def __init__(self, root: str):
         super().__init__(root)
         self.root, _ = locate_dataset_folder(self.root, ('', 'Market-1501-v15.09.15'), ('bounding_box_train',),

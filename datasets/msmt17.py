@@ -41,6 +41,10 @@ class MSMT17(ReIDDataset):
     protocol_names = (DDC,)
     num_train_views = 1
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1:02d}'  # the file names' third field, 01-15
+
     def __init__(self, root: str):
         super().__init__(root)
         folder, train_folder = locate_dataset_folder(self.root, FOLDERS, tuple(IMAGE_FOLDERS), 'MSMT17')

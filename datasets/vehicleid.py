@@ -37,6 +37,10 @@ class VehicleID(ReIDDataset):
     deviation `trials`. `query` and `gallery` are those of trial1."""
 
     name = 'vehicleid'
+
+    @staticmethod
+    def view_name(viewid: int) -> str:
+        return ''  # one unnamed view
     protocol_names = None  # trial1 ... trial<N>: N is TEST.VEHICLEID_TRIALS
     num_train_views = 1
     sky_ground_views = False

@@ -51,6 +51,14 @@ class VeRi(ReIDDataset):
     name = 'veri'
     protocol_names = (DDC,)
     parse_name = staticmethod(parse_veri_name)
+
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1:03d}'
+
+    @staticmethod
+    def view_name(viewid: int) -> str:
+        return f'viewpoint {viewid}'
     sky_ground_views = False
     prompt_template = VEHICLE_PROMPT
 

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 from datasets.make_dataloader import make_ordered_loader
+from model.attention_maps import attention_maps
 from utils import atomic_io, distributed
+from evaluation.breakdown import query_groups
 from evaluation.rank import evaluate, evaluate_protocols
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
@@ -36,6 +38,22 @@ def extract_features(model, loader, device: torch.device, amp_dtype=None, unseen
         return torch.cat(chunks)
 
 
+def query_attention(cfg, model, device: torch.device, unseen_cameras: bool = False):
+    """For TEST.ATTENTION_MAPS: a function (query columns, query indices) -> [n, H, W] attention maps
+    (model/attention_maps.py) of those queries, loaded and labelled as for their features."""
+    def maps_of(columns: dict, indices: list) -> np.ndarray:
+        items = [(str(columns['paths'][i]), int(columns['pids'][i]), int(columns['camids'][i]),
+                  int(columns['views'][i])) for i in indices]
+        maps = []
+        for images, _, camids, viewids, _ in make_ordered_loader(cfg, items, device):
+            if unseen_cameras:
+                camids = torch.full_like(camids, UNSEEN_CAMERA)
+            maps.append(attention_maps(model, images.to(device), cam_label=camids.to(device),
+                                       view_label=viewids.to(device)).cpu())
+        return torch.cat(maps).numpy()
+    return maps_of
+
+
 def eval_modes(cfg, dataset) -> list:
     """The protocols TEST.EVAL_MODE asks for: all the dataset declares (ALL) or the one named, which
     must be declared (the error lists the declared ones)."""
@@ -57,7 +75,8 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
     the removal rule its dataset declares (`unseen_cameras`: see extract_features).
 
     Returns {mode: {'metrics': dict, 'query': columns, 'gallery': columns, 'qf', 'gf', 'per_query_ap',
-    'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the ranked lists).
+    'first_hit_rank', 'valid_query_index'}} (+ 'distmat' with TEST.RE_RANKING and TEST.VISUALIZE, for the
+    ranked lists; + 'breakdown' with TEST.BREAKDOWN: see `breakdowns`).
     Distributed: each rank extracts its block of the images; rank 0 gathers, ranks and reports, and the
     other ranks get {mode: {'metrics': dict}} (rank 0's metrics).
     """
@@ -90,7 +109,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             metrics_of[mode] = evaluate(qf, gf, q['pids'], g['pids'], q['camids'], g['camids'], q['views'],
                                         g['views'], mode, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
                                         distmat=distmats[mode], return_per_query=True,
-                                        removal=dataset.removal_rule(mode))
+                                        removal=dataset.removal_rule(mode), breakdown=cfg.TEST.BREAKDOWN)
     else:
         # Modes that share a gallery are ranked together: distances computed once (MSSL: all three).
         by_gallery = {}
@@ -106,7 +125,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
             metrics_of.update(evaluate_protocols(
                 feats[rows_of(union)], feats[rows_of(gallery)], q['pids'], g['pids'], q['camids'], g['camids'],
                 q['views'], g['views'], protocols, feat_norm=cfg.TEST.FEAT_NORM, device=feats.device,
-                return_per_query=True))
+                return_per_query=True, breakdown=cfg.TEST.BREAKDOWN))
 
     outcome = {}
     for mode, (query, gallery) in splits.items():
@@ -114,12 +133,25 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
         logger.info(format_metrics(metrics))
         outcome[mode] = dict(metrics=metrics, query=_columns(query), gallery=_columns(gallery),
                              qf=feats[rows_of(query)], gf=feats[rows_of(gallery)], removal=dataset.removal_rule(mode),
-                             per_query_ap=metrics.pop('per_query_ap'),
+                             per_query_ap=metrics.pop('per_query_ap'), first_hit_rank=metrics.pop('first_hit_rank'),
                              valid_query_index=metrics.pop('valid_query_index'))
+        if cfg.TEST.BREAKDOWN:
+            outcome[mode]['breakdown'] = breakdowns(dataset, outcome[mode], metrics.pop('breakdown'))
         if cfg.TEST.RE_RANKING and cfg.TEST.VISUALIZE:
             outcome[mode]['distmat'] = distmats[mode]
     distributed.broadcast_object({mode: {'metrics': result['metrics']} for mode, result in outcome.items()})
     return outcome
+
+
+def breakdowns(dataset, result: dict, pairs: dict) -> dict:
+    """The evaluator's camera and view pair tables, and for a dataset whose file names give the hour of
+    capture (MSSL) the queries grouped by it: {'cameras', 'views'[, 'hours']}."""
+    tables = dict(pairs)
+    if dataset.capture_hour is not None:
+        hours = [dataset.capture_hour(path) for path in result['query']['paths']]
+        tables['hours'] = query_groups(hours, result['per_query_ap'], result['first_hit_rank'],
+                                       result['valid_query_index'])
+    return tables
 
 
 def format_metrics(metrics: dict) -> str:

@@ -20,6 +20,7 @@ from datasets.market1501 import parse_market_name
 from datasets.mssl import parse_mssl_name
 from evaluation.rank import query_distances
 from evaluation.ranked_lists import RankedQuery
+from model.feature_api import SIDE_INFO_CHOICES
 from reporting.visualize import draw_ranked_lists
 from utils import atomic_io
 from utils.errors import UserError
@@ -83,6 +84,25 @@ def labels_from_names(paths: list[str], meta: dict) -> Labels:
                                 f"'{meta.get('dataset')}': their cameras are not the model's, so only views are used")
         return labels
     return unknown_labels(len(paths))
+
+
+def add_label_arguments(parser) -> None:
+    """--labels and --side-info, as search_clipreid.py and tools/attention_maps.py take them (image_labels)."""
+    parser.add_argument('--labels', default='auto',
+                        help="'auto' (from file names of a known dataset naming), 'none', or a CSV with columns "
+                             "image and any of camera, view, person")
+    parser.add_argument('--side-info', default='mean', choices=SIDE_INFO_CHOICES,
+                        help='what unknown camera/view labels do with an SIE model (default mean)')
+
+
+def image_labels(source: str, paths: list[str], meta: dict, table: dict | None) -> Labels:
+    """The labels of `paths` as --labels `source` asks: 'none', 'auto' (file names) or a CSV (`table`, read
+    by read_label_csv)."""
+    if source == 'none':
+        return unknown_labels(len(paths))
+    if table is not None:
+        return labels_from_csv(paths, table, meta, source)
+    return labels_from_names(paths, meta)
 
 
 def _person_text(pid) -> str:

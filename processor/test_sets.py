@@ -19,7 +19,8 @@ from config.validate import split_list
 from datasets import init_dataset
 from datasets.bases import DatasetOptions, ReIDDataset
 from datasets.image_check import skip_unreadable_images
-from processor.inference import eval_modes, evaluate_model, format_summary, summarize_protocols, write_results
+from processor.inference import (eval_modes, evaluate_model, format_summary, query_attention, summarize_protocols,
+                                 write_results)
 from utils import distributed
 from utils.run_lock import results_lock
 from reporting.visualize import write_reports
@@ -123,7 +124,9 @@ def evaluate_test_sets(cfg, model, test_sets: list[TestSet], device, logger, amp
         with results_lock(set_cfg.OUTPUT_DIR):
             for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features, summaries=summaries):
                 logger.info(f"wrote {path}")
-            write_reports(set_cfg, outcome, logger, details, summaries)
+            attention = (query_attention(set_cfg, model, device, unseen_cameras=not test_set.seen_cameras)
+                         if cfg.TEST.ATTENTION_MAPS else None)
+            write_reports(set_cfg, outcome, logger, details, summaries, attention)
         # A summary stands for its members in the returned metrics (and so in metrics.jsonl and the curves).
         summarized = {member for summary in summaries.values() for member in summary['members']}
         metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from datasets import camera_name, view_name
 from evaluation.rank import evaluate
 from evaluation.ranked_lists import RankedQuery, rank_queries, select_queries
+from reporting.attention import overlay
+from reporting.breakdown import write_breakdowns
+from reporting.embedding import plot_embedding
+from reporting.figures import fit_image, font, new_figure, save_figure, save_image
 from reporting.metrics_log import metrics_path, read_records, training_history
 from utils import atomic_io, distributed
-from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, VIEW_NAMES, ranked_file
+from utils.vocabulary import CMC_PLOT, RESULTS_TABLE, TRAINING_CURVES, embedding_file, ranked_file
 
 MATCH_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -33,31 +38,6 @@ QUERY_COLOR = (40, 90, 220)
 BACKGROUND = (255, 255, 255)
 PAD_COLOR = (210, 210, 210)
 TEXT_COLOR = (20, 20, 20)
-
-# Camera names as the dataset's file names write them (camid is 0-based).
-_CAMERA_NAMES = {
-    'mssl': lambda camid: f'c{camid + 1:02d}',
-    'market1501': lambda camid: f'c{camid + 1}',
-    'agreid': lambda camid: f'C{camid}',
-    'msmt17': lambda camid: f'c{camid + 1:02d}',
-    'dukemtmcreid': lambda camid: f'c{camid + 1}',
-    'occ_duke': lambda camid: f'c{camid + 1}',
-    'veri': lambda camid: f'c{camid + 1:03d}',
-}
-# View names of the datasets whose views are not sky and ground (VehicleID has one unnamed view).
-_VIEW_NAMES = {
-    'veri': lambda viewid: f'viewpoint {viewid}',
-    'vehicleid': lambda viewid: '',
-}
-
-
-def camera_name(dataset_name: str, camid: int) -> str:
-    return _CAMERA_NAMES.get(dataset_name, lambda c: f'cam{c}')(int(camid))
-
-
-def view_name(viewid: int, dataset_name: str = '') -> str:
-    return _VIEW_NAMES.get(dataset_name, lambda v: VIEW_NAMES.get(v, f'view{v}'))(int(viewid))
-
 
 # ---------------------------------------------------------------------------------------------
 # Ranked-list picture
@@ -74,6 +54,7 @@ class Layout:
     spacing: int = 4          # between gallery cells
     row_gap: int = 10
     margin: int = 8
+    attention: bool = False   # the query's attention map under its labels
 
     @property
     def cell_size(self) -> tuple[int, int]:
@@ -82,7 +63,8 @@ class Layout:
 
     @property
     def row_height(self) -> int:
-        return self.header_height + self.cell_size[1] + self.text_height
+        attention = self.cell_size[1] + self.text_height // 2 if self.attention else 0
+        return self.header_height + self.cell_size[1] + self.text_height + attention
 
     def canvas_size(self, rows: int, topk: int) -> tuple[int, int]:
         cell_w = self.cell_size[0]
@@ -98,13 +80,6 @@ class Layout:
         return x, y
 
 
-def _font(size: int = 11):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _fitted(path: str, size: tuple[int, int]) -> Image.Image:
     """The image scaled to fit (height, width), centred on a neutral pad; a cross if unreadable."""
     height, width = size
@@ -117,11 +92,7 @@ def _fitted(path: str, size: tuple[int, int]) -> Image.Image:
         draw.line((0, 0, width, height), fill=MISS_COLOR, width=2)
         draw.line((0, height, width, 0), fill=MISS_COLOR, width=2)
         return canvas
-    scale = min(width / img.width, height / img.height)
-    resized = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
-    canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
-    return canvas
+    return fit_image(img, size, PAD_COLOR)
 
 
 def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, row: int, col: int,
@@ -134,26 +105,44 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: Layout, r
         draw.text((x, y + cell_h + 2 + 13 * k), line, fill=TEXT_COLOR, font=font)
 
 
+def _draw_attention(canvas: Image.Image, layout: Layout, row: int, path: str, heat, text_font) -> None:
+    """The query's attention map over it, under the query's labels, with a grey border and a caption."""
+    x, y = layout.cell_origin(row, 0)
+    y += layout.cell_size[1] + layout.text_height
+    try:
+        with Image.open(path) as image:
+            picture = overlay(image.convert('RGB'), heat)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return  # the query cell above already shows it as unreadable
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((x, y, x + layout.cell_size[0] - 1, y + layout.cell_size[1] - 1), fill=PAD_COLOR)
+    canvas.paste(fit_image(picture, layout.image_size, PAD_COLOR), (x + layout.border, y + layout.border))
+    draw.text((x, y + layout.cell_size[1] + 1), 'attention', fill=TEXT_COLOR, font=text_font)
+
+
 def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, path: str, title: str = '',
                       dataset_name: str = '', topk: int = 10, layout: Layout = Layout(),
-                      identities_known: bool = True) -> tuple[int, int]:
+                      identities_known: bool = True, query_attention: list | None = None) -> tuple[int, int]:
     """One row per ranked query: the query (blue border) and its top-k gallery images (green:
     same identity, red: another), labelled with rank, camera, view and identity. Returns (w, h).
 
     identities_known=False (a search among unlabelled images): grey borders, no identities, distances
-    instead; a camera or view id of -1 is drawn as '?'. An AP of NaN is left out of the row header."""
+    instead; a camera or view id of -1 is drawn as '?'. An AP of NaN is left out of the row header.
+    query_attention: one map per row (model/attention_maps.py), drawn over the query under its labels."""
+    if query_attention is not None:
+        layout = replace(layout, attention=True)
     width, height = layout.canvas_size(len(ranked), topk)
     canvas = Image.new('RGB', (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
-    draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=_font(13))
+    text_font = font()
+    draw.text((layout.margin, layout.margin + 4), title, fill=TEXT_COLOR, font=font(13))
 
     def labels(columns: dict, index: int, prefix: str, second: str) -> list[str]:
         camid, viewid = int(columns['camids'][index]), int(columns['views'][index])
         if camid < 0 and viewid < 0:
             return [prefix.strip(), second]
         cam = camera_name(dataset_name, camid) if camid >= 0 else '?'
-        view = view_name(viewid, dataset_name) if viewid >= 0 else '?'
+        view = view_name(dataset_name, viewid) if viewid >= 0 else '?'
         return [f"{prefix}{cam} {view}", second]
 
     def identity(columns: dict, index: int) -> str:
@@ -167,22 +156,23 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
             first_hit = np.flatnonzero(entry.match)
             header.append(f"first match at rank {first_hit[0] + 1}" if first_hit.size
                           else f"no match in the top {topk}")
-        draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=font)
+        draw.text((x, y - layout.header_height + 2), ' | '.join(header + [name]), fill=TEXT_COLOR, font=text_font)
         _draw_cell(canvas, draw, layout, row, 0, str(query['paths'][entry.query]), QUERY_COLOR,
-                   labels(query, entry.query, 'query ', identity(query, entry.query)), font)
+                   labels(query, entry.query, 'query ', identity(query, entry.query)), text_font)
+        if query_attention is not None:
+            _draw_attention(canvas, layout, row, str(query['paths'][entry.query]), query_attention[row], text_font)
         for rank, (g_index, match, dist) in enumerate(zip(entry.gallery, entry.match, entry.dist), start=1):
             color = (MATCH_COLOR if match else MISS_COLOR) if identities_known else PAD_COLOR
             second = identity(gallery, g_index) if identities_known else f"d {float(dist):.3f}"
             _draw_cell(canvas, draw, layout, row, rank, str(gallery['paths'][g_index]), color,
-                       labels(gallery, g_index, f'{rank}. ', second), font)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format='PNG')
-    atomic_io.write_bytes(path, buffer.getvalue())
+                       labels(gallery, g_index, f'{rank}. ', second), text_font)
+    save_image(canvas, path)
     return width, height
 
 
-def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, int]:
-    """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model)."""
+def ranked_list_for_mode(cfg, mode: str, result: dict, path: str, attention=None) -> tuple[int, int]:
+    """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model).
+    attention: with TEST.ATTENTION_MAPS, a function (query columns, query indices) -> their maps."""
     query, gallery = result['query'], result['gallery']
     distmat = result.get('distmat')
     if 'per_query_ap' in result:
@@ -200,29 +190,16 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str) -> tuple[int, 
     num_easy = sum(entry.tag == 'easy' for entry in ranked)
     title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
              f"(green: same identity, red: another)")
-    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk)
+    heats = list(attention(query, [entry.query for entry in ranked])) if attention is not None and ranked else None
+    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk, query_attention=heats)
 
 
 # ---------------------------------------------------------------------------------------------
 # Curves
 # ---------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_figure(figure, path: str) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png')
-    atomic_io.write_bytes(path, buffer.getvalue())
-
-
 def plot_cmc(cmc_by_mode: dict, path: str, max_rank: int = 50) -> None:
     """cmc_by_mode: {mode: matching rate per rank, from rank 1}."""
-    figure = _figure(6.4, 4.4)
+    figure = new_figure(6.4, 4.4)
     axes = figure.add_subplot()
     for mode, cmc in cmc_by_mode.items():
         cmc = np.asarray(cmc, dtype=np.float64)[:max_rank]
@@ -231,7 +208,7 @@ def plot_cmc(cmc_by_mode: dict, path: str, max_rank: int = 50) -> None:
     axes.grid(alpha=0.3)
     axes.legend(loc='lower right')
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_training_curves(jsonl_path: str, path: str) -> bool:
@@ -255,7 +232,7 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
     if not panels:
         return False
     from matplotlib.ticker import MaxNLocator
-    figure = _figure(4.2 * len(panels), 3.6)
+    figure = new_figure(4.2 * len(panels), 3.6)
     for k, (title, series, markers) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), k + 1)
         colors = {}
@@ -272,7 +249,7 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
         if len(series) > 1:
             axes.legend(fontsize=8)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return True
 
 
@@ -324,12 +301,15 @@ def results_table(metrics_by_mode: dict) -> str:
     return '\n'.join(lines)
 
 
-def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None) -> list[str]:
-    """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR.
+def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None,
+                  attention=None) -> list[str]:
+    """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR; the
+    breakdowns' files with TEST.BREAKDOWN and embedding_<MODE>.png with TEST.EMBEDDING_MAP.
 
     outcome: processor/inference.evaluate_model's {mode: {'metrics', 'query', 'gallery', 'qf', 'gf'}};
     details: lines for the head of results.md (e.g. {'weights': path}); summaries: rows after the
-    modes (processor/inference.summarize_protocols), whose mean CMC replaces their members' in cmc.png.
+    modes (processor/inference.summarize_protocols), whose mean CMC replaces their members' in cmc.png;
+    attention: see ranked_list_for_mode.
     """
     if not distributed.is_main():
         return []
@@ -350,8 +330,19 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summa
     if cfg.TEST.VISUALIZE:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, ranked_file(mode))
-            ranked_list_for_mode(cfg, mode, result, path)
+            ranked_list_for_mode(cfg, mode, result, path, attention)
             written.append(path)
+    if cfg.TEST.EMBEDDING_MAP:
+        for mode, result in outcome.items():
+            path = os.path.join(output_dir, embedding_file(mode))
+            drawn = plot_embedding(result['qf'], result['gf'], result['query'], result['gallery'], path, mode,
+                                   cfg.TEST.EMBEDDING_MAP_IDS, cfg.TEST.FEAT_NORM, cfg.DATASETS.NAMES)
+            if drawn['points']:
+                written.append(path)
+    for mode, result in outcome.items():
+        if 'breakdown' in result:
+            written += write_breakdowns(output_dir, mode, result['breakdown'], result['query'], result['gallery'],
+                                        cfg.DATASETS.NAMES)
     for path in written:
         logger.info(f"wrote {path}")
     return written

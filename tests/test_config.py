@@ -68,6 +68,10 @@ def test_seed_yaml_snippet_pasted_as_written(tmp_path):
     (['MODEL.PROMPT_TEMPLATE_SKY', 'A sky photo of a person.'], 'MODEL.PROMPT_TEMPLATE_SKY'),
     (['MODEL.DEVICE', 'gpu'], 'MODEL.DEVICE'),
     (['OUTPUT_DIR'], 'OUTPUT_DIR'),
+    (['TEST.BREAKDOWN', '1'], 'TEST.BREAKDOWN'),
+    (['TEST.EMBEDDING_MAP_IDS', '1'], 'TEST.EMBEDDING_MAP_IDS'),
+    (['TEST.EMBEDDING_MAP', "'yes'"], 'TEST.EMBEDDING_MAP'),
+    (['TEST.ATTENTION_MAPS', 'True'], 'TEST.ATTENTION_MAPS'),  # needs TEST.VISUALIZE True
 ])
 def test_bad_values_name_their_key(overrides, named):
     with pytest.raises(UserError, match=re.escape(named)):

@@ -9,7 +9,7 @@ from datasets import FACTORY, init_dataset
 from datasets.agreid import AGReID, parse_agreid_name
 from datasets.bases import ImageDataset
 from datasets.market1501 import Market1501, parse_market_name
-from datasets.mssl import GROUND_CAMERAS, MSSL, SKY_CAMERAS, parse_mssl_name
+from datasets.mssl import GROUND_CAMERAS, MSSL, SKY_CAMERAS, parse_mssl_hour, parse_mssl_name
 from datasets.synthetic_mssl import generate, main as synthetic_main
 from utils.errors import UserError
 from processor.settings import loader_settings
@@ -45,6 +45,15 @@ def basic_mssl(root, extra=None):
 
 
 # ---- name parsing ----
+
+@pytest.mark.parametrize('name, hour', [
+    ('0065_0909am_3_G003_c05_p0065_00.jpg', 9), ('0065_0325pm_3_G003_c05_p0065_00.jpg', 15),
+    ('0065_1210pm_1_G003_c05_p0065_00.jpg', 12), ('0065_1245am_1_G003_c05_p0065_00.jpg', 0),
+    ('0065_0960am_1_G003_c05_p0065_00.jpg', -1), ('0065_noon_1_G003_c05_p0065_00.jpg', -1)])
+def test_mssl_hour_of_capture(name, hour):
+    assert parse_mssl_hour(name) == hour
+    assert MSSL.capture_hour(name) == hour
+
 
 def test_parse_mssl_name_example():
     assert parse_mssl_name('0065_0909am_3_G003_c05_p0065_p0115_p0167_00.jpg') == (65, 4, 1)

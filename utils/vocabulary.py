@@ -87,5 +87,29 @@ def seed_folder(seed: int) -> str:
     return f'seed_{seed}'
 
 
+# Breakdowns of a protocol (evaluation/breakdown.py) and the columns of their CSV files.
+BREAKDOWN_COLUMNS = {
+    'cameras': ('query_camera', 'gallery_camera', 'queries', 'valid_queries', 'mAP', 'rank1'),
+    'views': ('query_view', 'gallery_view', 'queries', 'valid_queries', 'mAP', 'rank1'),
+    'hours': ('hour', 'queries', 'valid_queries', 'mAP', 'rank1'),
+}
+# tools/attention_maps.py: one picture per image (its name + this suffix) and one grid of all.
+ATTENTION_SUFFIX = '_attention.png'
+ATTENTION_GRID = 'attention_maps.png'
+
+
+def breakdown_file(protocol: str, kind: str) -> str:
+    """breakdown_<protocol>_<kind>.csv, kind one of BREAKDOWN_COLUMNS."""
+    return f'breakdown_{protocol}_{kind}.csv'
+
+
+def breakdown_heatmap_file(protocol: str) -> str:
+    return f'breakdown_{protocol}_cameras.png'
+
+
+def embedding_file(protocol: str) -> str:
+    return f'embedding_{protocol}.png'
+
+
 def checkpoint_file(model_name: str, epoch: int) -> str:
     return f'{model_name}_{epoch}.pth'
