@@ -45,7 +45,7 @@ def query_attention(cfg, model, device: torch.device, unseen_cameras: bool = Fal
         items = [(str(columns['paths'][i]), int(columns['pids'][i]), int(columns['camids'][i]),
                   int(columns['views'][i])) for i in indices]
         maps = []
-        for images, _, camids, viewids, _ in make_ordered_loader(cfg, items, device):
+        for images, _, camids, viewids, _ in make_ordered_loader(loader_settings(cfg), items, device):
             if unseen_cameras:
                 camids = torch.full_like(camids, UNSEEN_CAMERA)
             maps.append(attention_maps(model, images.to(device), cam_label=camids.to(device),

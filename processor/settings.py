@@ -1,6 +1,7 @@
 """The config boundary: the explicit settings the rooms below processor/ take, read from the YACS config."""
 from datasets.make_dataloader import LoaderSettings
 from model.make_model_clipreid import ModelSettings
+from reporting.visualize import ReportSettings
 from utils.vocabulary import PROMPT_TEMPLATE_KEYS
 
 
@@ -19,3 +20,11 @@ def loader_settings(cfg) -> LoaderSettings:
         std=tuple(cfg.INPUT.PIXEL_STD), num_workers=cfg.DATALOADER.NUM_WORKERS,
         train_batch=cfg.SOLVER.STAGE2.IMS_PER_BATCH, num_instance=cfg.DATALOADER.NUM_INSTANCE,
         test_batch=cfg.TEST.IMS_PER_BATCH, seed=cfg.SOLVER.SEED, skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES)
+
+
+def report_settings(cfg) -> ReportSettings:
+    return ReportSettings(
+        output_dir=cfg.OUTPUT_DIR, dataset=cfg.DATASETS.NAMES, dataset_root=cfg.DATASETS.ROOT_DIR,
+        model_name=cfg.MODEL.NAME, feat_norm=cfg.TEST.FEAT_NORM, visualize=cfg.TEST.VISUALIZE,
+        visualize_queries=cfg.TEST.VISUALIZE_QUERIES, visualize_topk=cfg.TEST.VISUALIZE_TOPK,
+        embedding_map=cfg.TEST.EMBEDDING_MAP, embedding_map_ids=cfg.TEST.EMBEDDING_MAP_IDS)

@@ -19,6 +19,7 @@ from config.validate import split_list
 from datasets import init_dataset
 from datasets.bases import DatasetOptions, ReIDDataset
 from datasets.image_check import skip_unreadable_images
+from processor.settings import report_settings
 from processor.inference import (eval_modes, evaluate_model, format_summary, query_attention, summarize_protocols,
                                  write_results)
 from utils import distributed
@@ -126,7 +127,7 @@ def evaluate_test_sets(cfg, model, test_sets: list[TestSet], device, logger, amp
                 logger.info(f"wrote {path}")
             attention = (query_attention(set_cfg, model, device, unseen_cameras=not test_set.seen_cameras)
                          if cfg.TEST.ATTENTION_MAPS else None)
-            write_reports(set_cfg, outcome, logger, details, summaries, attention)
+            write_reports(report_settings(set_cfg), outcome, logger, details, summaries, attention)
         # A summary stands for its members in the returned metrics (and so in metrics.jsonl and the curves).
         summarized = {member for summary in summaries.values() for member in summary['members']}
         metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()
