@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     extraction_s = time.monotonic() - start
     start = time.monotonic()
     with torch.no_grad():
-        dist, index = top_k(qf, gf, args.topk, args.chunk_size)
+        dist, index = top_k(qf, gf, args.topk, args.chunk_size, device=extractor.device)  # the model's device
     ranking_s = time.monotonic() - start
     info = {'weight': args.weight, 'query': args.query, 'gallery': args.gallery, 'topk': int(index.shape[1]),
             'distance': 'squared Euclidean distance of L2-normalised features (2 - 2 cosine)',

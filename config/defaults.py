@@ -13,17 +13,18 @@ _C = CN()
 _C.MODEL = CN()
 # 'auto' = CUDA when available, else CPU; or an explicit torch device string ('cpu', 'cuda', 'cuda:1').
 _C.MODEL.DEVICE = 'auto'
-# open_clip architecture name: 'ViT-B-16' (the published recipe), any open_clip ViT, or 'ViT-Tiny-16'
-# (a tiny randomly initialised ViT-B-16-shaped model for the demo and the tests).
+# open_clip architecture name of an OpenAI CLIP: 'ViT-B-16' (the published recipe) or another ViT, 'RN50'
+# (CLIP-ReID's CNN backbone) or another ResNet; or 'ViT-Tiny-16' / 'RN-Tiny' (tiny randomly initialised
+# models of the two families for the demo and the tests).
 _C.MODEL.NAME = 'ViT-B-16'
 # Local OpenAI CLIP checkpoint (TorchScript archive or state dict). Empty: open_clip's own resolution of
 # the 'openai' pretrained tag (its cache, or a download when online).
 _C.MODEL.PRETRAIN_PATH = ''
 # Stride of the patch embedding [height, width]; smaller than the patch size gives overlapping patches
-# (the seed's commands use [12, 12]).
+# (the seed's commands use [12, 12]). ViT only: a ResNet keeps [16, 16].
 _C.MODEL.STRIDE_SIZE = [16, 16]
 # Side-information embedding (SIE) added to the class token: a learnable table per camera, per view or
-# per (camera, view), scaled by SIE_COE.
+# per (camera, view), scaled by SIE_COE. ViT only (as in CLIP-ReID): a ResNet has no class token.
 _C.MODEL.SIE_CAMERA = False
 _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 3.0
@@ -120,6 +121,12 @@ _C.SOLVER.COMPILE = False
 _C.SOLVER.RESUME = ''
 # Keep only the newest N {MODEL.NAME}_{epoch}.pth weights checkpoints of a run; 0 = keep them all.
 _C.SOLVER.KEEP_CHECKPOINTS = 0
+# Deterministic mode: PyTorch's deterministic algorithms only (an operation without one stops the run,
+# naming it), cuDNN's deterministic kernels without autotuning, and CUBLAS_WORKSPACE_CONFIG ':4096:8'
+# (unless already set), so that two runs with the same seed on the same machine give identical weights.
+# It costs speed (docs/training.md, "Deterministic mode"); off, a run differs from another in about the
+# last digits of its floats, and that grows over epochs.
+_C.SOLVER.DETERMINISTIC = False
 
 # Stage 1: per-identity prompt learning, one text view at a time; encoders frozen; stepped per epoch.
 _C.SOLVER.STAGE1 = CN()
@@ -193,7 +200,8 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
+# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths): in testing, and in
+# training at each evaluation (the file then holds the latest one's).
 _C.TEST.SAVE_FEATURES = False
 # Draw ranked lists (OUTPUT_DIR/ranked_<MODE>.png): for VISUALIZE_QUERIES queries per mode (a third
 # of them easy, the rest the hardest, i.e. lowest AP), the top VISUALIZE_TOPK gallery images with a
@@ -217,6 +225,15 @@ _C.TEST.BREAKDOWN = True
 # identity, marker: sky or ground view, queries outlined).
 _C.TEST.EMBEDDING_MAP = False
 _C.TEST.EMBEDDING_MAP_IDS = 20
+
+# ---------------------------------------------------------------------------------------------
+# LOG
+# ---------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# Write TensorBoard event files to OUTPUT_DIR/tensorboard/ (`tensorboard --logdir OUTPUT_DIR`): the losses
+# and their parts, learning rates, accuracy and every evaluation's metrics, of stage 1 and stage 2; the
+# same numbers as OUTPUT_DIR/metrics.jsonl. Needs the tensorboard package.
+_C.LOG.TENSORBOARD = True
 
 # ---------------------------------------------------------------------------------------------
 # Where logs, stage-1 text features, checkpoints and results go.

@@ -116,6 +116,7 @@ RULES = {
     'SOLVER.COMPILE': _BOOL,
     'SOLVER.RESUME': _PATH_OR_EMPTY,
     'SOLVER.KEEP_CHECKPOINTS': _int_at_least(0),
+    'SOLVER.DETERMINISTIC': _BOOL,
     'SOLVER.STAGE1.IMS_PER_BATCH': _int_at_least(1),
     'SOLVER.STAGE1.OPTIMIZER_NAME': _choice(OPTIMIZERS),
     'SOLVER.STAGE1.BASE_LR': _POSITIVE,
@@ -160,6 +161,7 @@ RULES = {
     'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
     'TEST.VEHICLEID_TRIALS': _int_at_least(1),
+    'LOG.TENSORBOARD': _BOOL,
     'TEST.ATTENTION_MAPS': _BOOL,
     'TEST.BREAKDOWN': _BOOL,
     'TEST.EMBEDDING_MAP': _BOOL,
@@ -195,6 +197,7 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if batch % accum or (batch // accum) % k or batch // accum // k < 2:
         _fail('SOLVER.STAGE2.ACCUM_STEPS', accum, f'must split SOLVER.STAGE2.IMS_PER_BATCH ({batch}) into sub-batches '
               f'of at least 2 whole identities of DATALOADER.NUM_INSTANCE ({k}) images')
+    _check_backbone_options(cfg)
     if list(cfg.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
         _fail('INPUT.SIZE_TEST', list(cfg.INPUT.SIZE_TEST), f'must equal INPUT.SIZE_TRAIN '
               f'({list(cfg.INPUT.SIZE_TRAIN)}): the position grid of the image tower is built for that size')
@@ -232,6 +235,23 @@ def _check_text_views_fit_the_dataset(cfg: CN, dataset) -> None:
             _fail(key, tuple(views), f"dataset '{dataset.name}' has no sky and ground views: use ('all',) with "
                   f"MODEL.I2T_TEXT_VIEWS / MODEL.I2T_IMAGE_VIEWS / MODEL.I2T_LOSS_WEIGHTS of one term each "
                   f"(CLIP-ReID: ('all',) ('all',) (1.0,))")
+
+
+def _check_backbone_options(cfg: CN) -> None:
+    """Options only a ViT has, refused for a ResNet MODEL.NAME (RN50), as CLIP-ReID builds it."""
+    from model.clip_loader import image_tower_family  # imported here: model imports utils, not config
+    from model.published_format import RESNET_FAMILY
+    name = cfg.MODEL.NAME
+    if image_tower_family(name) != RESNET_FAMILY:
+        return
+    for key in ('MODEL.SIE_CAMERA', 'MODEL.SIE_VIEW'):
+        if _get(cfg, key):
+            _fail(key, True, f"side information (SIE) is added to a ViT's class token; MODEL.NAME '{name}' is a "
+                             f"ResNet, which has none (as in CLIP-ReID): pass {key} False")
+    if list(cfg.MODEL.STRIDE_SIZE) != [16, 16]:
+        _fail('MODEL.STRIDE_SIZE', list(cfg.MODEL.STRIDE_SIZE),
+              f"the patch stride of a ViT; MODEL.NAME '{name}' is a ResNet, which has no patches: leave it "
+              f"at [16, 16]")
 
 
 def split_list(value: str) -> list:

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import torchvision.transforms as T
 
+from datasets import FACTORY
 from datasets.agreid import CAMERA_VIEW as AGREID_CAMERA_VIEW
 from datasets.mssl import CAMERA_VIEW as MSSL_CAMERA_VIEW
 from datasets.transforms import build_transforms
+from model.clip_loader import image_tower_family
+from model.published_format import RESNET_FAMILY, checkpoint_family, family_mismatch
 from utils.errors import UserError
 from utils.vocabulary import GROUND, VIEW_NAMES
 
@@ -42,6 +45,11 @@ POS_KEY = 'image_encoder.positional_embedding'
 CLASSIFIER_KEY = 'classifier.weight'
 CONV_KEY = 'image_encoder.conv1.weight'
 PROJ_KEY = 'image_encoder.proj'
+RESNET_WIDTH_KEY = 'image_encoder.attnpool.k_proj.weight'
+RESNET_PROJ_KEY = 'image_encoder.attnpool.c_proj.weight'
+
+# The camera count of datasets whose cameras are fixed (a checkpoint's SIE table is split with it).
+DATASET_CAMERAS = {'mssl': 15, 'agreid': 4, 'market1501': 6, 'veri': 20}
 
 REQUIRED_KEYS = ('format', 'arch', 'width', 'embed_dim', 'feature_dim', 'num_classes', 'camera_num', 'view_num',
                  'image_size', 'stride', 'sie_camera', 'sie_view', 'sie_coe', 'neck_feat', 'pixel_mean',
@@ -142,31 +150,48 @@ def check_meta(meta, what: str) -> dict:
     return meta
 
 
-def meta_from_config(cfg, state_dict: dict, what: str) -> dict:
-    """A meta for a checkpoint without one: settings from `cfg`, counts from the weights' shapes.
-
-    The identity count comes from the classifier, the camera and view counts from the SIE table and
-    the config (a table of cameras x views rows is split with the dataset's view count, 2 for the
-    datasets here); the patch grid must fit INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE.
-    """
+def _tower_sizes(cfg, state_dict: dict, what: str) -> tuple[int, int, list[int]]:
+    """(width, embed_dim, patch) of a checkpoint's image tower, after checking that its family (ViT or
+    ResNet) is MODEL.NAME's."""
+    family = checkpoint_family(state_dict)
+    mismatch = family_mismatch(family, cfg.MODEL.NAME, image_tower_family(cfg.MODEL.NAME))
+    if mismatch:
+        raise UserError(f"{what}: {mismatch}")
+    if family == RESNET_FAMILY:
+        for key in (RESNET_WIDTH_KEY, RESNET_PROJ_KEY):
+            if key not in state_dict:
+                raise UserError(f"{what} holds no complete ResNet re-ID image weights (no {key})")
+        return int(state_dict[RESNET_WIDTH_KEY].shape[1]), int(state_dict[RESNET_PROJ_KEY].shape[0]), []
     for key in (POS_KEY, CONV_KEY, PROJ_KEY):
         if key not in state_dict:
             raise UserError(f"{what} holds no re-ID image weights (no {key})")
     width, _, *patch = state_dict[CONV_KEY].shape
-    embed_dim = state_dict[PROJ_KEY].shape[1]
-    patch = [int(v) for v in patch]
+    return int(width), int(state_dict[PROJ_KEY].shape[1]), [int(v) for v in patch]
+
+
+def meta_from_config(cfg, state_dict: dict, what: str) -> dict:
+    """A meta for a checkpoint without one: settings from `cfg`, counts from the weights' shapes.
+
+    The identity count comes from the classifier, the camera and view counts from the SIE table and
+    the config (a table of cameras x views rows is split with the dataset's camera count where it is
+    fixed, DATASET_CAMERAS, else with its view count: its class's `num_train_views`, 2 for the
+    sky/ground datasets); the patch grid must fit INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE.
+    """
+    width, embed_dim, patch = _tower_sizes(cfg, state_dict, what)
     num_classes = int(state_dict[CLASSIFIER_KEY].shape[0]) if CLASSIFIER_KEY in state_dict else 0
-    view_num = 2  # sky and ground: every dataset here
     dataset = cfg.DATASETS.NAMES
-    default_cameras = {'mssl': 15, 'agreid': 4, 'market1501': 6}.get(dataset, 0)
-    camera_num = default_cameras
+    view_num = int(getattr(FACTORY.get(dataset), 'num_train_views', 2))
+    camera_num = DATASET_CAMERAS.get(dataset, 0)
     if SIE_KEY in state_dict:
         rows = int(state_dict[SIE_KEY].shape[0])
         if cfg.MODEL.SIE_CAMERA and cfg.MODEL.SIE_VIEW:
-            if rows % view_num:
+            if camera_num and rows % camera_num == 0:  # e.g. VeRi-776: 20 cameras x its viewpoints
+                view_num = rows // camera_num
+            elif rows % view_num:
                 raise UserError(f"{what}: its SIE table has {rows} rows, not cameras x {view_num} views; pass "
                                 f"the MODEL.SIE_CAMERA / MODEL.SIE_VIEW it was trained with")
-            camera_num = rows // view_num
+            else:
+                camera_num = rows // view_num
         elif cfg.MODEL.SIE_CAMERA:
             camera_num = rows
         elif cfg.MODEL.SIE_VIEW:

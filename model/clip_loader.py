@@ -1,4 +1,4 @@
-"""Build open_clip CLIP models (OpenAI ViT layouts) from local checkpoints or open_clip's cache."""
+"""Build open_clip CLIP models (OpenAI ViT and ResNet layouts) from local checkpoints or open_clip's cache."""
 import logging
 import os
 import socket
@@ -11,13 +11,17 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from model.published_format import RESNET_FAMILY, VIT_FAMILY
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 TINY_NAME = 'ViT-Tiny-16'
+TINY_RESNET_NAME = 'RN-Tiny'
+TINY_NAMES = (TINY_NAME, TINY_RESNET_NAME)
 _CONFIG_DIR = Path(__file__).resolve().parent / 'model_configs'
-open_clip.add_model_config(_CONFIG_DIR / f'{TINY_NAME}.json')
+for _tiny in TINY_NAMES:
+    open_clip.add_model_config(_CONFIG_DIR / f'{_tiny}.json')
 
 # Keys OpenAI's TorchScript archives carry besides the weights.
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -25,24 +29,34 @@ _HF_WEIGHT_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin'
 
 
 def supported_models() -> list:
-    """CLIP ViTs this project can build: OpenAI's ViTs known to open_clip, plus the tiny test arch."""
-    names = [n for n in open_clip.list_pretrained_models_by_tag('openai') if n.startswith('ViT-')]
-    return names + [TINY_NAME]
+    """CLIP models this project can build: OpenAI's ViTs and ResNets known to open_clip, plus the tiny
+    test archs."""
+    names = [n for n in open_clip.list_pretrained_models_by_tag('openai') if n.startswith(('ViT-', 'RN'))]
+    return names + list(TINY_NAMES)
 
 
 def _check_name(name: str) -> dict:
     supported = supported_models()
     if name not in supported:
-        raise UserError(f"MODEL.NAME '{name}' is not a supported CLIP ViT; valid: {', '.join(supported)}")
+        raise UserError(f"MODEL.NAME '{name}' is not a supported CLIP model; valid: {', '.join(supported)}")
     return open_clip.get_model_config(name)
 
 
-def _arch_of_config(cfg: dict) -> Dict[str, int]:
+def image_tower_family(name: str) -> Optional[str]:
+    """'ModifiedResNet' or 'VisionTransformer' for a known MODEL.NAME (None for an unknown one)."""
+    cfg = open_clip.get_model_config(name) if name in supported_models() else None
+    if cfg is None:
+        return None
+    return RESNET_FAMILY if isinstance(cfg['vision_cfg']['layers'], (list, tuple)) else VIT_FAMILY
+
+
+def _arch_of_config(cfg: dict) -> Dict[str, object]:
     vision, text = cfg['vision_cfg'], cfg['text_cfg']
+    layers = vision['layers']
     return {
         'vision_width': vision['width'],
-        'vision_layers': vision['layers'],
-        'patch_size': vision['patch_size'],
+        'vision_layers': list(layers) if isinstance(layers, (list, tuple)) else layers,
+        'patch_size': vision.get('patch_size'),
         'image_size': vision['image_size'],
         'text_width': text['width'],
         'text_layers': text['layers'],
@@ -50,22 +64,33 @@ def _arch_of_config(cfg: dict) -> Dict[str, int]:
     }
 
 
-def _arch_of_openai_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, int]:
-    patch = sd['visual.conv1.weight'].shape[-1]
-    grid = round((sd['visual.positional_embedding'].shape[0] - 1) ** 0.5)
+def _distinct(sd: Dict[str, torch.Tensor], prefix: str, part: int) -> int:
+    return len({k.split('.')[part] for k in sd if k.startswith(prefix)})
+
+
+def _arch_of_openai_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, object]:
+    if 'visual.proj' in sd:  # a ViT
+        patch = sd['visual.conv1.weight'].shape[-1]
+        grid = round((sd['visual.positional_embedding'].shape[0] - 1) ** 0.5)
+        vision = {'vision_width': sd['visual.conv1.weight'].shape[0],
+                  'vision_layers': _distinct(sd, 'visual.transformer.resblocks.', 3),
+                  'patch_size': patch, 'image_size': patch * grid}
+    else:  # a ModifiedResNet: stage widths from its first block, an attention pool on a 1/32 map
+        grid = round((sd['visual.attnpool.positional_embedding'].shape[0] - 1) ** 0.5)
+        vision = {'vision_width': sd['visual.layer1.0.conv1.weight'].shape[0],
+                  'vision_layers': [_distinct(sd, f'visual.layer{stage}.', 2) for stage in (1, 2, 3, 4)],
+                  'patch_size': None, 'image_size': 32 * grid}
     return {
-        'vision_width': sd['visual.conv1.weight'].shape[0],
-        'vision_layers': len({k.split('.')[3] for k in sd if k.startswith('visual.transformer.resblocks.')}),
-        'patch_size': patch,
-        'image_size': patch * grid,
+        **vision,
         'text_width': sd['ln_final.weight'].shape[0],
-        'text_layers': len({k.split('.')[2] for k in sd if k.startswith('transformer.resblocks.')}),
+        'text_layers': _distinct(sd, 'transformer.resblocks.', 2),
         'embed_dim': sd['text_projection'].shape[1],
     }
 
 
 def _describe_arch(arch: Dict[str, int]) -> str:
-    detail = (f"vision: width {arch['vision_width']}, layers {arch['vision_layers']}, patch {arch['patch_size']}, "
+    patch = f", patch {arch['patch_size']}" if arch['patch_size'] else ''
+    detail = (f"vision: width {arch['vision_width']}, layers {arch['vision_layers']}{patch}, "
               f"image {arch['image_size']}; text: width {arch['text_width']}, layers {arch['text_layers']}; "
               f"embed_dim {arch['embed_dim']}")
     for name in supported_models():
@@ -107,11 +132,13 @@ def _load_openai_checkpoint(name: str, path: str, config_key: str = 'MODEL.PRETR
     if not os.path.isfile(path):
         raise UserError(f"{config_key} '{path}' does not exist")
     sd = _read_checkpoint(path, config_key)
-    required = ('visual.conv1.weight', 'visual.positional_embedding', 'visual.proj',
-                'ln_final.weight', 'text_projection')
+    vit = ('visual.conv1.weight', 'visual.positional_embedding', 'visual.proj')
+    resnet = ('visual.layer1.0.conv1.weight', 'visual.attnpool.positional_embedding')
+    required = (vit if 'visual.proj' in sd or 'visual.attnpool.positional_embedding' not in sd else resnet) + (
+        'ln_final.weight', 'text_projection')
     missing = [k for k in required if k not in sd]
     if missing:
-        raise UserError(f"{config_key} '{path}' is not an OpenAI CLIP ViT checkpoint (no key '{missing[0]}')")
+        raise UserError(f"{config_key} '{path}' is not an OpenAI CLIP checkpoint (no key '{missing[0]}')")
     found = _arch_of_openai_state_dict(sd)
     if found != _arch_of_config(open_clip.get_model_config(name)):
         raise UserError(f"{config_key} '{path}' holds a {_describe_arch(found)} checkpoint, "
@@ -220,12 +247,12 @@ def _load_openai_tag(name: str) -> torch.nn.Module:
 def load_clip(name: str, pretrain_path: str = '', device='cpu') -> torch.nn.Module:
     """open_clip CLIP `name` with OpenAI weights (from `pretrain_path` or open_clip's cache), fp32, eval.
 
-    The tiny test arch is randomly initialised unless `pretrain_path` is given.
+    The tiny test archs are randomly initialised unless `pretrain_path` is given.
     """
     _check_name(name)
     if pretrain_path:
         model = _load_openai_checkpoint(name, pretrain_path)
-    elif name == TINY_NAME:
+    elif name in TINY_NAMES:
         model = build_clip(name)
     else:
         model = _load_openai_tag(name)

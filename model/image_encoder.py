@@ -1,4 +1,6 @@
-"""CLIP image tower for re-ID: overlapping patches, resized position grid, side information (SIE)."""
+"""The image-encoder contract, and CLIP's ViT image tower for re-ID: overlapping patches, resized position
+grid, side information (SIE). Other towers live in their own files (model/resnet_encoder.py) and are
+listed in ENCODER_FAMILIES."""
 import logging
 from typing import Optional, Sequence, Tuple
 
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.blocks import check_plain_blocks, run_block
+from model.published_format import VIT_FAMILY
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +38,9 @@ class ImageEncoder(nn.Module):
     - `width`: size of the penultimate and last features; `embed_dim`: size of the projected feature
       (the space of the stage-1 text features);
     - `camera_num`, `view_num`: the side-information table's sizes (0 without one);
-    - `forward(x, cam_label=None, view_label=None, use_sie=True)` -> (penultimate [B, width],
+    - `family`: the CLIP tower family it wraps (a key of ENCODER_FAMILIES; '' for others), so that a
+      checkpoint of another family is refused by name;
+    - `forward(x, cam_label=None, view_label=None, use_sie=True)` -> (penultimate [B, any size],
       last [B, width], projected [B, embed_dim]); the last and projected features are the test feature,
       all three go to the triplet loss, and `use_sie=False` leaves the side information out (stage 1).
     """
@@ -44,6 +49,7 @@ class ImageEncoder(nn.Module):
     embed_dim: int
     camera_num: int = 0
     view_num: int = 0
+    family: str = ''
 
     def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None,
                 view_label: Optional[torch.Tensor] = None,
@@ -53,6 +59,8 @@ class ImageEncoder(nn.Module):
 
 class ReIDImageEncoder(ImageEncoder):
     """Wraps an open_clip VisionTransformer; returns class-token features of the last two blocks."""
+
+    family = VIT_FAMILY
 
     def __init__(self, visual: nn.Module, image_size=(256, 128), stride=(16, 16), camera_num: int = 0,
                  view_num: int = 0, sie_coe: float = 3.0, sie_camera: bool = False, sie_view: bool = False):
@@ -173,14 +181,17 @@ class ReIDImageEncoder(ImageEncoder):
         return penultimate[:, 0], last, last @ self.proj
 
 
+# Imported after ImageEncoder exists: the ResNet encoder subclasses it.
+from model.resnet_encoder import ReIDResNetEncoder  # noqa: E402
+
 # Image encoders by architecture family of the CLIP image tower.
-ENCODER_FAMILIES = {'VisionTransformer': ReIDImageEncoder}
+ENCODER_FAMILIES = {'VisionTransformer': ReIDImageEncoder, 'ModifiedResNet': ReIDResNetEncoder}
 
 
 def build_image_encoder(visual: nn.Module, **options) -> ImageEncoder:
     """The re-ID image encoder for a CLIP image tower, chosen by the tower's class."""
     family = type(visual).__name__
     if family not in ENCODER_FAMILIES:
-        raise UserError(f"CLIP image towers of type {family} are not supported (CNN backbones such as RN50 are "
-                        f"not); supported: {', '.join(ENCODER_FAMILIES)}")
+        raise UserError(f"CLIP image towers of type {family} are not supported; supported: "
+                        f"{', '.join(ENCODER_FAMILIES)}")
     return ENCODER_FAMILIES[family](visual, **options)

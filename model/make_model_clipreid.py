@@ -1,5 +1,6 @@
 """The re-ID model: CLIP image tower with BNNeck heads, plus per-view prompt learners for stage 1."""
 import logging
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -7,7 +8,8 @@ from torch import nn
 
 from model.clip_loader import build_clip, load_clip
 from model.image_encoder import ImageEncoder, build_image_encoder
-from model.published_format import from_published, is_published_layout, refuse_cnn, strip_data_parallel
+from model.published_format import (PUBLISHED_SIE_KEY, checkpoint_family, family_mismatch, from_published,
+                                     is_published_layout, strip_data_parallel)
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
 from utils.vocabulary import PROMPT_TEMPLATE_KEYS
@@ -17,7 +19,6 @@ logger = logging.getLogger(__name__)
 IMAGE_PREFIXES = ('image_encoder.', 'bottleneck.', 'bottleneck_proj.', 'classifier.', 'classifier_proj.')
 CLASSIFIER_PREFIXES = ('classifier.', 'classifier_proj.')
 SIE_KEY = 'image_encoder.sie_embed'
-POS_KEY = 'image_encoder.positional_embedding'
 
 
 def _bnneck(dim: int) -> nn.BatchNorm1d:
@@ -99,7 +100,7 @@ class ReIDModel(nn.Module):
         if view not in self.prompt_learners:
             raise ValueError(f"no prompt learner for text view '{view}'; built: {sorted(self.prompt_learners)}")
         learner = self.prompt_learners[view]
-        return self.text_encoder(learner(labels), learner.tokenized)
+        return self.text_encoder(learner(labels), learner.tokenized, last_end_of_text=learner.end_of_text)
 
     def image_state_dict(self) -> Dict[str, torch.Tensor]:
         """Weights of the image side only: what a re-ID checkpoint stores."""
@@ -121,17 +122,23 @@ class ReIDModel(nn.Module):
         (model/published_format.py), with or without DataParallel's `module.` prefix. Classifiers of
         another identity count are skipped for testing."""
         sd = strip_data_parallel(state_dict)
-        refuse_cnn(sd)
+        encoder = self.image_encoder
+        mismatch = family_mismatch(checkpoint_family(sd), self.model_name, encoder.family or None)
+        if mismatch:
+            raise UserError(mismatch)
         if is_published_layout(sd):
             sd, dropped = from_published(sd)
-            if dropped:
+            text_side = [k for k in dropped if k != PUBLISHED_SIE_KEY]
+            if text_side:
                 logger.info('published checkpoint: its %d stage-1 text-side tensors (prompt_learner.*, '
-                            'text_encoder.*) are not used by the image model and were ignored', len(dropped))
+                            'text_encoder.*) are not used by the image model and were ignored', len(text_side))
+            if PUBLISHED_SIE_KEY in dropped:
+                logger.info('published checkpoint: its SIE table cv_embed was ignored (CLIP-ReID builds one for '
+                            'MODEL.SIE_CAMERA / SIE_VIEW even with a ResNet, whose forward never uses it)')
         sd = {k: v for k, v in sd.items() if k.startswith(IMAGE_PREFIXES)}
         if not sd:
             raise UserError('the checkpoint holds no re-ID image weights (no image_encoder.* keys)')
         own = self.image_state_dict()
-        encoder = self.image_encoder
 
         has_sie, wants_sie = SIE_KEY in sd, SIE_KEY in own
         if has_sie and not wants_sie:
@@ -145,10 +152,13 @@ class ReIDModel(nn.Module):
                             f'{own[SIE_KEY].shape[0]} (MODEL.SIE_CAMERA {encoder.sie_camera}, MODEL.SIE_VIEW '
                             f'{encoder.sie_view}): {self._sie_hint(sd[SIE_KEY].shape[0])}')
 
-        if POS_KEY in sd and sd[POS_KEY].shape != own[POS_KEY].shape:
-            raise UserError(f'checkpoint has {sd[POS_KEY].shape[0] - 1} patch positions, the model '
-                            f'{own[POS_KEY].shape[0] - 1} ({encoder.grid_size[0]}x{encoder.grid_size[1]}): pass the '
-                            f'INPUT.SIZE_TRAIN and MODEL.STRIDE_SIZE it was trained with')
+        for key in (k for k in own if k.endswith('positional_embedding') and k in sd):
+            if sd[key].shape != own[key].shape:
+                geometry = 'INPUT.SIZE_TRAIN' + (' and MODEL.STRIDE_SIZE' if hasattr(encoder, 'stride') else '')
+                grid = getattr(encoder, 'grid_size', None)
+                grid = f' ({grid[0]}x{grid[1]})' if grid else ''
+                raise UserError(f'checkpoint has {sd[key].shape[0] - 1} positions in {key}, the model '
+                                f'{own[key].shape[0] - 1}{grid}: pass the {geometry} it was trained with')
 
         classifier_keys = [k for k in own if k.startswith(CLASSIFIER_PREFIXES)]
         if any(k in sd and sd[k].shape != own[k].shape for k in classifier_keys):
@@ -172,19 +182,33 @@ class ReIDModel(nn.Module):
         self.load_state_dict(sd, strict=False)
 
 
-def make_model(cfg, num_classes: int, camera_num: int, view_num: int, text_views: Iterable[str] = (),
-               load_pretrained: bool = True) -> ReIDModel:
+@dataclass(frozen=True)
+class ModelSettings:
+    """What make_model needs besides the data's counts (processor/settings.py reads it from the config)."""
+    name: str
+    pretrain_path: str = ''
+    image_size: tuple = (256, 128)
+    stride: tuple = (16, 16)
+    sie_camera: bool = False
+    sie_view: bool = False
+    sie_coe: float = 3.0
+    neck_feat: str = 'before'
+    prompt_templates: Dict[str, str] = field(default_factory=dict)  # text view -> template
+
+
+def make_model(settings: ModelSettings, num_classes: int, camera_num: int, view_num: int,
+               text_views: Iterable[str] = (), load_pretrained: bool = True) -> ReIDModel:
     """Build the re-ID model; `load_pretrained=False` skips the CLIP weights (a re-ID checkpoint follows)."""
     text_views = list(dict.fromkeys(text_views))
     unknown = [v for v in text_views if v not in PROMPT_TEMPLATE_KEYS]
     if unknown:
         raise UserError(f"unknown text view '{unknown[0]}'; valid: {', '.join(PROMPT_TEMPLATE_KEYS)}")
-    name = cfg.MODEL.NAME
-    clip_model = load_clip(name, cfg.MODEL.PRETRAIN_PATH) if load_pretrained else build_clip(name)
-    templates = {view: getattr(cfg.MODEL, PROMPT_TEMPLATE_KEYS[view]) for view in text_views}
+    name = settings.name
+    clip_model = load_clip(name, settings.pretrain_path) if load_pretrained else build_clip(name)
     model = ReIDModel(
         clip_model, num_classes, camera_num=camera_num, view_num=view_num,
-        image_size=cfg.INPUT.SIZE_TRAIN, stride=cfg.MODEL.STRIDE_SIZE,
-        sie_camera=cfg.MODEL.SIE_CAMERA, sie_view=cfg.MODEL.SIE_VIEW, sie_coe=cfg.MODEL.SIE_COE,
-        neck_feat=cfg.TEST.NECK_FEAT, prompt_templates=templates, model_name=name)
+        image_size=settings.image_size, stride=settings.stride,
+        sie_camera=settings.sie_camera, sie_view=settings.sie_view, sie_coe=settings.sie_coe,
+        neck_feat=settings.neck_feat, prompt_templates={view: settings.prompt_templates[view] for view in text_views},
+        model_name=name)
     return model.train()

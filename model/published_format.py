@@ -1,22 +1,25 @@
-"""State dicts of the published code (MSP, a CLIP-ReID fork) and of CLIP-ReID's released ViT models.
+"""State dicts of the published code (MSP, a CLIP-ReID fork) and of CLIP-ReID's released models.
 
 The published code saves `torch.save(model.state_dict(), path)`: the image tower under
-`image_encoder.*` (blocks under `image_encoder.transformer.resblocks.N`), the SIE table as `cv_embed`,
-the BN necks and classifiers under the names this project uses, plus the stage-1 text side
-(`prompt_learner.*`, `text_encoder.*`). With several GPUs it wraps the model in `nn.DataParallel`, which
-prefixes every key with `module.`. CLIP-ReID's released ViT checkpoints have the same layout, with a
-camera-only `cv_embed` (SIE-OLP models) or none.
+`image_encoder.*`, the SIE table as `cv_embed`, the BN necks and classifiers under the names this
+project uses, plus the stage-1 text side (`prompt_learner.*`, `text_encoder.*`; CLIP-ReID's baseline
+models, trained by its `train.py`, have none). With several GPUs it wraps the model in
+`nn.DataParallel`, which prefixes every key with `module.`.
+
+- ViT towers keep their blocks under `image_encoder.transformer.resblocks.N` (here `image_encoder.resblocks.N`);
+  CLIP-ReID's ViT models have a camera-only `cv_embed` (SIE-OLP models), a cameras x views one, or none.
+- ResNet towers (RN50) have CLIP's own names (`image_encoder.conv1`, `.layer1.0.*`, `.attnpool.*`), which
+  are this project's too. CLIP-ReID builds a `cv_embed` when asked for SIE even for a ResNet, but its
+  ResNet forward never reads it: such a table is dropped here.
 
 This module converts both ways between that layout and this project's image-side keys, so that
 published checkpoints can be tested here and models trained here can be used by CLIP-ReID tools.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
-
-from utils.errors import UserError
 
 DATA_PARALLEL_PREFIX = 'module.'
 PUBLISHED_SIE_KEY = 'cv_embed'
@@ -25,8 +28,11 @@ PUBLISHED_BLOCKS = 'image_encoder.transformer.resblocks.'
 PROJECT_BLOCKS = 'image_encoder.resblocks.'
 # The published stage-1 text side: not part of a re-ID image model, dropped for testing.
 PUBLISHED_TEXT_PREFIXES = ('prompt_learner.', 'text_encoder.')
-# Keys only a CNN (ResNet) CLIP-ReID image encoder has.
-_CNN_MARKERS = ('image_encoder.layer1.', 'image_encoder.attnpool.', 'image_encoder.bn1.')
+# Image-tower families (the class names of open_clip's towers) and keys only each one has.
+RESNET_FAMILY, VIT_FAMILY = 'ModifiedResNet', 'VisionTransformer'
+_FAMILY_MARKERS = {RESNET_FAMILY: ('image_encoder.layer1.', 'image_encoder.attnpool.'),
+                   VIT_FAMILY: (PUBLISHED_BLOCKS, PROJECT_BLOCKS, 'image_encoder.class_embedding')}
+FAMILY_WORDS = {RESNET_FAMILY: 'a ResNet (CNN, e.g. RN50)', VIT_FAMILY: 'a ViT (e.g. ViT-B-16)'}
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -38,11 +44,22 @@ def strip_data_parallel(state_dict: StateDict) -> StateDict:
     return dict(state_dict)
 
 
-def refuse_cnn(state_dict: StateDict) -> None:
-    """One clear line for a CNN (ResNet) CLIP-ReID checkpoint: only ViT backbones are supported."""
-    if any(key.startswith(_CNN_MARKERS) for key in state_dict):
-        raise UserError('the checkpoint is a CNN (ResNet, e.g. RN50) CLIP-ReID model: CNN backbones are not '
-                        'supported, only ViT ones')
+def checkpoint_family(state_dict: StateDict) -> Optional[str]:
+    """The image-tower family of a re-ID state dict (either layout), or None when it shows none."""
+    for family, markers in _FAMILY_MARKERS.items():
+        if any(key.startswith(markers) for key in state_dict):
+            return family
+    return None
+
+
+def family_mismatch(found: Optional[str], model_name: str, expected: Optional[str]) -> Optional[str]:
+    """The one-line complaint when a checkpoint's tower family is not MODEL.NAME's (None when they fit)."""
+    if found is None or expected is None or found == expected:
+        return None
+    example = 'RN50, e.g. with configs/person/cnn_clipreid.yml' if found == RESNET_FAMILY else \
+        'ViT-B-16, e.g. with configs/person/vit_clipreid.yml'
+    return (f"the checkpoint holds {FAMILY_WORDS[found]} image encoder, but MODEL.NAME '{model_name}' is "
+            f"{FAMILY_WORDS[expected]}: pass the MODEL.NAME it was trained with ({example})")
 
 
 def is_published_layout(state_dict: StateDict) -> bool:
@@ -52,15 +69,13 @@ def is_published_layout(state_dict: StateDict) -> bool:
 
 
 def from_published(state_dict: StateDict) -> tuple[StateDict, list[str]]:
-    """(image-side state dict in this project's keys, the published text-side keys that were dropped).
-
-    Raises UserError for a CNN (RN50) CLIP-ReID checkpoint: only ViT backbones are supported.
-    """
+    """(image-side state dict in this project's keys, the published keys that were dropped: the stage-1
+    text side, and a ResNet checkpoint's unused `cv_embed`)."""
     state_dict = strip_data_parallel(state_dict)
-    refuse_cnn(state_dict)
+    resnet = checkpoint_family(state_dict) == RESNET_FAMILY
     converted, dropped = {}, []
     for key, value in state_dict.items():
-        if key.startswith(PUBLISHED_TEXT_PREFIXES):
+        if key.startswith(PUBLISHED_TEXT_PREFIXES) or (resnet and key == PUBLISHED_SIE_KEY):
             dropped.append(key)
         elif key == PUBLISHED_SIE_KEY:
             converted[PROJECT_SIE_KEY] = value

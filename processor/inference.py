@@ -15,6 +15,7 @@ from utils.progress import progress
 from evaluation.rerank import re_ranking
 from utils.device import autocast
 from utils.vocabulary import ALL_PROTOCOLS, METRIC_KEYS, features_file, results_file
+from processor.settings import loader_settings
 
 UNSEEN_CAMERA = -1
 
@@ -44,7 +45,7 @@ def query_attention(cfg, model, device: torch.device, unseen_cameras: bool = Fal
         items = [(str(columns['paths'][i]), int(columns['pids'][i]), int(columns['camids'][i]),
                   int(columns['views'][i])) for i in indices]
         maps = []
-        for images, _, camids, viewids, _ in make_ordered_loader(cfg, items, device):
+        for images, _, camids, viewids, _ in make_ordered_loader(loader_settings(cfg), items, device):
             if unseen_cameras:
                 camids = torch.full_like(camids, UNSEEN_CAMERA)
             maps.append(attention_maps(model, images.to(device), cam_label=camids.to(device),
@@ -86,7 +87,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device, logger, amp_dtype=
         for item in (*query, *gallery):
             index_of.setdefault(item[0], (len(index_of), item))
     items = [item for _, item in index_of.values()]  # dicts keep insertion order = index order
-    feats = extract_features(model, make_ordered_loader(cfg, distributed.local_shard(items), device), device,
+    feats = extract_features(model, make_ordered_loader(loader_settings(cfg), distributed.local_shard(items), device), device,
                              amp_dtype, unseen_cameras)
     feats = distributed.gather_shards(feats, len(items))
     if not distributed.is_main():

@@ -155,13 +155,17 @@ def _lookup(value: str, names: dict, count: int, kind: str, csv_path: str, image
                     f"model's {kind}s ({', '.join(names) or f'ids 0-{count - 1}'})")
 
 
-def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096,
+          device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Nq, k'], gallery indices [Nq, k']) of the k nearest gallery features of each query by
     squared Euclidean distance (the evaluator's), equal distances in gallery order; k' = min(k, Ng).
+    Computed on `device` (default: where `qf` is), where the results are.
 
     Memory: chunk_size queries x chunk_size gallery distances at a time, never Nq x Ng. Each gallery
     block gives its k nearest (torch.topk), merged with the best so far.
     """
+    if device is not None:
+        qf, gf = qf.to(device), gf.to(device)
     k = min(k, gf.shape[0])
     g_sq = (gf * gf).sum(1)
     best_dist, best_index = [], []

@@ -170,7 +170,23 @@ def draw_ranked_lists(ranked: list[RankedQuery], query: dict, gallery: dict, pat
     return width, height
 
 
-def ranked_list_for_mode(cfg, mode: str, result: dict, path: str, attention=None) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the result files of a test need (processor/settings.py reads it from the config)."""
+    output_dir: str
+    dataset: str  # DATASETS.NAMES: camera and view names in the pictures
+    dataset_root: str = ''
+    model_name: str = ''
+    feat_norm: bool = True
+    visualize: bool = False
+    visualize_queries: int = 8
+    visualize_topk: int = 10
+    embedding_map: bool = False
+    embedding_map_ids: int = 20
+
+
+def ranked_list_for_mode(settings: ReportSettings, mode: str, result: dict, path: str,
+                         attention=None) -> tuple[int, int]:
     """ranked_<MODE>.png from one mode's inference outcome (processor/inference.evaluate_model).
     attention: with TEST.ATTENTION_MAPS, a function (query columns, query indices) -> their maps."""
     query, gallery = result['query'], result['gallery']
@@ -180,18 +196,18 @@ def ranked_list_for_mode(cfg, mode: str, result: dict, path: str, attention=None
     else:
         scored = evaluate(result['qf'], result['gf'], query['pids'], gallery['pids'], query['camids'],
                           gallery['camids'], query['views'], gallery['views'], mode,
-                          feat_norm=cfg.TEST.FEAT_NORM, distmat=distmat, return_per_query=True,
+                          feat_norm=settings.feat_norm, distmat=distmat, return_per_query=True,
                           removal=result['removal'])
         per_query_ap, valid_index = scored['per_query_ap'], scored['valid_query_index']
-    picks = select_queries(per_query_ap, valid_index, cfg.TEST.VISUALIZE_QUERIES)
-    topk = cfg.TEST.VISUALIZE_TOPK
+    picks = select_queries(per_query_ap, valid_index, settings.visualize_queries)
+    topk = settings.visualize_topk
     ranked = rank_queries(result['removal'], picks, query, gallery, qf=result['qf'], gf=result['gf'], distmat=distmat,
-                          topk=topk, feat_norm=cfg.TEST.FEAT_NORM)
+                          topk=topk, feat_norm=settings.feat_norm)
     num_easy = sum(entry.tag == 'easy' for entry in ranked)
     title = (f"{mode}: top-{topk} gallery of {num_easy} easy and {len(ranked) - num_easy} hardest queries "
              f"(green: same identity, red: another)")
     heats = list(attention(query, [entry.query for entry in ranked])) if attention is not None and ranked else None
-    return draw_ranked_lists(ranked, query, gallery, path, title, cfg.DATASETS.NAMES, topk, query_attention=heats)
+    return draw_ranked_lists(ranked, query, gallery, path, title, settings.dataset, topk, query_attention=heats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +269,33 @@ def plot_training_curves(jsonl_path: str, path: str) -> bool:
     return True
 
 
+def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP', 'rank1')) -> None:
+    """summary.png of an experiment: per metric, each seed's value per protocol (one colour a seed) and
+    the mean ± sample standard deviation beside them."""
+    keys = list(summary)
+    figure = _figure(max(4.0, 1.1 * len(keys) + 1.5) * len(metrics), 3.8)
+    for k, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), k + 1)
+        offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else [0.0]
+        for offset, run in zip(offsets, runs):
+            x = [i + offset for i, key in enumerate(keys) if run['results'].get(key, {}).get(metric) is not None]
+            y = [100 * run['results'][key][metric] for key in keys
+                 if run['results'].get(key, {}).get(metric) is not None]
+            axes.plot(x, y, 'o', markersize=5, label=f"seed {run['seed']}")
+        for i, key in enumerate(keys):
+            stats = summary[key].get(metric)
+            if stats is not None:
+                axes.errorbar(i + 0.3, 100 * stats['mean'], yerr=100 * (stats['std'] or 0.0), fmt='s', color='black',
+                              markersize=5, capsize=4, label='mean ± std' if i == 0 else None)
+        axes.set_xticks(range(len(keys)), keys, rotation=30 if len(keys) > 4 else 0)
+        name = {'rank1': 'Rank-1', 'rank5': 'Rank-5', 'rank10': 'Rank-10'}.get(metric, metric)
+        axes.set(title=f"{name} over {len(runs)} seed{'s' if len(runs) != 1 else ''} (%)", xlim=(-0.6, len(keys) - 0.2))
+        axes.grid(alpha=0.3, axis='y')
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Results table and the reports of a run
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +317,7 @@ def results_table(metrics_by_mode: dict) -> str:
     return '\n'.join(lines)
 
 
-def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None,
+def write_reports(settings: ReportSettings, outcome: dict, logger, details: dict | None = None, summaries: dict | None = None,
                   attention=None) -> list[str]:
     """results.md (also logged), cmc.png and, with TEST.VISUALIZE, ranked_<MODE>.png in OUTPUT_DIR; the
     breakdowns' files with TEST.BREAKDOWN and embedding_<MODE>.png with TEST.EMBEDDING_MAP.
@@ -286,36 +329,36 @@ def write_reports(cfg, outcome: dict, logger, details: dict | None = None, summa
     """
     if not distributed.is_main():
         return []
-    output_dir = cfg.OUTPUT_DIR
+    output_dir = settings.output_dir
     summaries = summaries or {}
     metrics = {mode: result['metrics'] for mode, result in outcome.items()}
     table = results_table({**metrics, **summaries})
     summarized = {member for summary in summaries.values() for member in summary['members']}
     curves = {mode: m['cmc'] for mode, m in {**metrics, **summaries}.items() if mode not in summarized}
     logger.info('results:\n' + table)
-    details = {'dataset': f"{cfg.DATASETS.NAMES} ({cfg.DATASETS.ROOT_DIR})", 'model': cfg.MODEL.NAME,
+    details = {'dataset': f"{settings.dataset} ({settings.dataset_root})", 'model': settings.model_name,
                **(details or {})}
     head = '\n'.join(f'- {key}: {value}' for key, value in details.items())
     written = [os.path.join(output_dir, RESULTS_TABLE), os.path.join(output_dir, CMC_PLOT)]
     atomic_io.write_text(written[0], f"# Results\n\n{head}\n\n{table}\n\n"
                                      "Percentages; queries without a positive after removal are not counted.\n")
     plot_cmc(curves, written[1])
-    if cfg.TEST.VISUALIZE:
+    if settings.visualize:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, ranked_file(mode))
-            ranked_list_for_mode(cfg, mode, result, path, attention)
+            ranked_list_for_mode(settings, mode, result, path, attention)
             written.append(path)
-    if cfg.TEST.EMBEDDING_MAP:
+    if settings.embedding_map:
         for mode, result in outcome.items():
             path = os.path.join(output_dir, embedding_file(mode))
             drawn = plot_embedding(result['qf'], result['gf'], result['query'], result['gallery'], path, mode,
-                                   cfg.TEST.EMBEDDING_MAP_IDS, cfg.TEST.FEAT_NORM, cfg.DATASETS.NAMES)
+                                   settings.embedding_map_ids, settings.feat_norm, settings.dataset)
             if drawn['points']:
                 written.append(path)
     for mode, result in outcome.items():
         if 'breakdown' in result:
             written += write_breakdowns(output_dir, mode, result['breakdown'], result['query'], result['gallery'],
-                                        cfg.DATASETS.NAMES)
+                                        settings.dataset)
     for path in written:
         logger.info(f"wrote {path}")
     return written

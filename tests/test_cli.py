@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from datasets import camera_name
+from datasets import camera_name, init_dataset
 from datasets.synthetic_mssl import generate
-from tests.helpers import run_script, tiny_opts
+from tests.helpers import assert_results_are_the_evaluators, run_script, tiny_opts
 from utils.vocabulary import MSSL_REMOVAL, SAME_CAMERA, breakdown_file
 
 pytestmark = pytest.mark.slow  # subprocess runs of the scripts
@@ -19,19 +19,15 @@ SEED_OPTS = ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '0.5', 'MODEL.SIE_VIEW
 @pytest.fixture(scope='module')
 def trained_run(tiny_mssl, tmp_path_factory):
     out = tmp_path_factory.mktemp('train')
-    result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(out)))
+    result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(out), 'TEST.SAVE_FEATURES', 'True'))
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
 
-def test_training_writes_log_cache_checkpoint_and_results(trained_run):
+def test_training_writes_log_cache_checkpoint_and_results(trained_run, tiny_mssl):
     names = {p.name for p in trained_run.iterdir()}
     assert {'train_log.txt', 'stage1_text_features.pt', 'ViT-Tiny-16_2.pth'} <= names
-    for mode in ('S2G', 'G2S', 'DDC'):
-        record = json.loads((trained_run / f'results_{mode}.json').read_text())
-        assert record['mode'] == mode
-        for key in ('mAP', 'rank1', 'rank5', 'rank10', 'mINP'):
-            assert 0.0 <= record[key] <= 1.0
+    assert_results_are_the_evaluators(trained_run, ('S2G', 'G2S', 'DDC'), init_dataset('mssl', tiny_mssl))
     assert 'Stage 1 [sky] epoch 3/3' in (trained_run / 'train_log.txt').read_text()
 
 
@@ -40,7 +36,7 @@ def test_testing_a_checkpoint_reproduces_the_training_evaluation(tiny_mssl, trai
     result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(tmp_path)), 'TEST.EVAL_MODE', mode,
                         'TEST.WEIGHT', str(trained_run / 'ViT-Tiny-16_2.pth'), 'TEST.SAVE_FEATURES', 'True')
     assert result.returncode == 0, result.stderr[-2000:]
-    tested = json.loads((tmp_path / f'results_{mode}.json').read_text())
+    tested = assert_results_are_the_evaluators(tmp_path, [mode], init_dataset('mssl', tiny_mssl))[mode]
     trained = json.loads((trained_run / f'results_{mode}.json').read_text())
     assert tested['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
     assert tested['rank1'] == pytest.approx(trained['rank1'], abs=1e-6)
@@ -140,3 +136,21 @@ def test_user_mistakes_give_one_line_and_exit_2(tiny_mssl, tmp_path, args, messa
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_a_resnet_trains_both_stages_and_its_checkpoint_tests_the_same(tiny_mssl, tmp_path):
+    """CLIP-ReID's CNN recipe shape (RN-Tiny for RN50; its single 'all' prompt): stage 1, stage 2, and
+    test_clipreid.py on the checkpoint reproduces the training's last evaluation."""
+    resnet = ['MODEL.NAME', 'RN-Tiny', 'MODEL.SIE_CAMERA', 'False', 'MODEL.SIE_VIEW', 'False',
+              'MODEL.STRIDE_SIZE', '[16, 16]', 'MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)",
+              'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)', 'TEST.EVAL_MODE', 'DDC']
+    train, test = tmp_path / 'train', tmp_path / 'test'
+    result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(train), *resnet))
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (train / 'train_log.txt').read_text()
+    assert 'Stage 1 [all] epoch 3/3' in log and 'Stage 2 epoch 2/2' in log
+    result = run_script('test_clipreid.py', *tiny_opts(tiny_mssl, str(test), *resnet),
+                        'TEST.WEIGHT', str(train / 'RN-Tiny_2.pth'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained, tested = (json.loads((folder / 'results_DDC.json').read_text()) for folder in (train, test))
+    assert tested['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)

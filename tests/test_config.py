@@ -78,6 +78,18 @@ def test_bad_values_name_their_key(overrides, named):
         load_config('', overrides)
 
 
+@pytest.mark.parametrize('overrides, named', [
+    (['MODEL.SIE_CAMERA', 'True'], 'MODEL.SIE_CAMERA'),
+    (['MODEL.SIE_VIEW', 'True'], 'MODEL.SIE_VIEW'),
+    (['MODEL.STRIDE_SIZE', '[12, 12]'], 'MODEL.STRIDE_SIZE'),
+])
+def test_vit_only_options_are_refused_for_a_resnet(overrides, named):
+    with pytest.raises(UserError) as err:
+        load_config('', ['MODEL.NAME', 'RN50', *overrides])
+    assert str(err.value).startswith(named) and "MODEL.NAME 'RN50' is a ResNet" in str(err.value)
+    load_config('', ['MODEL.NAME', 'ViT-B-16', *overrides])  # a ViT takes them
+
+
 def test_missing_config_file_and_bad_yaml(tmp_path):
     with pytest.raises(UserError, match='does not exist'):
         load_config(str(tmp_path / 'nope.yml'))

@@ -10,47 +10,48 @@ from datasets import init_dataset
 from datasets.fixtures import generate
 import test_clipreid
 import train_clipreid
-from tests.helpers import ROOT, TINY_OPTS, run_script, tiny_opts
+from tests.helpers import ROOT, TINY_OPTS, assert_results_are_the_evaluators, run_script, tiny_opts
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_run(name: str, root: str, out: str, *extra: str) -> list:
-    return [*TINY_OPTS, 'DATASETS.NAMES', name, 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', out, *extra]
+    return [*TINY_OPTS, 'DATASETS.NAMES', name, 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', out,
+            'TEST.SAVE_FEATURES', 'True', *extra]
 
 
-def read_results(folder, protocols):
-    records = {p: json.loads((folder / f'results_{p}.json').read_text()) for p in protocols}
-    for protocol, record in records.items():
-        assert record['mode'] == protocol and record['num_valid_query'] > 0
-        assert all(0.0 <= record[key] <= 1.0 for key in ('mAP', 'rank1', 'rank5', 'rank10', 'mINP'))
-    return records
+def read_results(folder, protocols, dataset):
+    """The run's results, checked against the evaluator on the features it saved."""
+    return assert_results_are_the_evaluators(folder, protocols, dataset)
 
 
 @pytest.mark.parametrize('name', ['agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv'])
 def test_dataset_trains_and_evaluates_every_protocol(tmp_path, name):
     root = generate(name, str(tmp_path / 'data'), train_ids=8, test_ids=4, seed=2)
-    protocols = init_dataset(name, root).supported_modes
+    dataset = init_dataset(name, root)
+    protocols = dataset.supported_modes
     out = tmp_path / 'train'
     result = run_script('train_clipreid.py', *tiny_run(name, root, str(out)))
     assert result.returncode == 0, result.stderr[-2000:]
-    trained = read_results(out, protocols)
+    trained = read_results(out, protocols, dataset)
     # The checkpoint evaluated by test_clipreid.py in one protocol gives the training's figures.
     protocol = protocols[-1]
     tested = tmp_path / 'test'
     result = run_script('test_clipreid.py', *tiny_run(name, root, str(tested), 'TEST.EVAL_MODE', protocol,
                                                        'TEST.WEIGHT', str(out / 'ViT-Tiny-16_2.pth')))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_results(tested, [protocol])[protocol]['mAP'] == pytest.approx(trained[protocol]['mAP'], abs=1e-6)
+    tested_mAP = read_results(tested, [protocol], dataset)[protocol]['mAP']
+    assert tested_mAP == pytest.approx(trained[protocol]['mAP'], abs=1e-6)
     assert sorted(p.name for p in tested.glob('results_*.json')) == [f'results_{protocol}.json']
 
 def test_train_on_mssl_and_test_on_agreid_in_one_command(tiny_mssl, tmp_path):
     agreid = generate('agreid', str(tmp_path / 'agreid'), seed=4)
     out = tmp_path / 'cross'
     result = run_script('train_clipreid.py', *tiny_opts(tiny_mssl, str(out), 'DATASETS.TEST_NAMES', 'agreid',
-                                                         'DATASETS.TEST_ROOT_DIR', agreid))
+                                                         'DATASETS.TEST_ROOT_DIR', agreid,
+                                                         'TEST.SAVE_FEATURES', 'True'))
     assert result.returncode == 0, result.stderr[-2000:]
-    read_results(out / 'test_agreid', ('S2G', 'G2S', 'DDC'))
+    read_results(out / 'test_agreid', ('S2G', 'G2S', 'DDC'), init_dataset('agreid', agreid))
     assert not list(out.glob('results_*.json'))  # reported per test dataset, not as MSSL's
     log = (out / 'train_log.txt').read_text()
     assert "test dataset 'agreid': its cameras are not the training cameras of 'mssl'" in log

@@ -31,7 +31,9 @@ SHORT_SCHEDULE = ['INPUT.SIZE_TRAIN', '[64,32]', 'INPUT.SIZE_TEST', '[64,32]', '
                   'DATALOADER.NUM_WORKERS', '0']
 # A recipe for a full-size CLIP runs here on the tiny CLIP of the same family, at the demo's batch sizes.
 TINY_STAND_INS = {'ViT-B-16': ['MODEL.NAME', 'ViT-Tiny-16', 'SOLVER.STAGE1.IMS_PER_BATCH', '64',
-                               'SOLVER.STAGE2.IMS_PER_BATCH', '32']}
+                               'SOLVER.STAGE2.IMS_PER_BATCH', '32'],
+                  'RN50': ['MODEL.NAME', 'RN-Tiny', 'SOLVER.STAGE1.IMS_PER_BATCH', '64',
+                           'SOLVER.STAGE2.IMS_PER_BATCH', '32']}
 ENTRY_POINTS = ('train_clipreid.py', 'test_clipreid.py', 'tools/experiment.py')
 # Placeholders of the docs and what stands for them here.
 PLACEHOLDERS = {

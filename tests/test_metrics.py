@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from utils.errors import UserError
+from utils.vocabulary import METRIC_KEYS
 from evaluation.rank import MODES, evaluate, evaluate_protocols, mode_query_mask
 from evaluation.rerank import re_ranking
 
@@ -93,6 +94,16 @@ def random_protocol(rng, num_query, num_gallery, num_ids, dim, int_range=0):
     return qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views
 
 
+RANK_KEYS = {key: int(key[len('rank'):]) for key in METRIC_KEYS if key.startswith('rank')}
+
+
+def assert_ranks_follow_the_cmc(result, cmc, tol=1e-6):
+    """Rank-k is the CMC curve at k, for every Rank-k reported."""
+    assert set(RANK_KEYS) == {'rank1', 'rank5', 'rank10'}
+    for key, k in RANK_KEYS.items():
+        assert result[key] == pytest.approx(cmc[k - 1], abs=tol), key
+
+
 def evaluator_distances(qf, gf, feat_norm):
     """float64 squared distances as the evaluator ranks (integer features: exact, unnormalised)."""
     if feat_norm:
@@ -105,6 +116,7 @@ def assert_same(result, expected, tol=1e-6):
     assert result['mAP'] == pytest.approx(expected['mAP'], abs=tol)
     assert result['mINP'] == pytest.approx(expected['mINP'], abs=tol)
     np.testing.assert_allclose(result['cmc'], expected['cmc'], atol=tol, rtol=0)
+    assert_ranks_follow_the_cmc(result, expected['cmc'], tol)
 
 
 # ---------------------------------------------------------------- published figures
@@ -121,7 +133,7 @@ def test_matches_published_evaluator_on_protocol_vectors(mode):
     assert result['mAP'] == pytest.approx(expected['mAP'], abs=1e-6)
     assert result['mINP'] == pytest.approx(expected['mINP'], abs=1e-6)
     np.testing.assert_allclose(result['cmc'][:10], expected['cmc_rank1_to_10'], atol=1e-6, rtol=0)
-    assert result['rank1'] == pytest.approx(expected['cmc_rank1_to_10'][0], abs=1e-6)
+    assert_ranks_follow_the_cmc(result, expected['cmc_rank1_to_10'])
     assert result['num_gallery'] == len(arrays['g_pids'])
 
 

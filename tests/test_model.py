@@ -11,11 +11,13 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from model import load_clip, make_model
-from model.clip_loader import TINY_NAME, build_clip
+from model.clip_loader import TINY_NAME, TINY_RESNET_NAME, build_clip
 from model.image_encoder import ImageEncoder, ReIDImageEncoder, build_image_encoder
+from model.resnet_encoder import ReIDAttentionPool, ReIDResNetEncoder, resnet_feature_grid
 from model.make_model_clipreid import ReIDModel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
+from processor.settings import model_settings
 
 SKY = 'A sky photo of a X X X X person.'
 GROUND = 'A ground photo of a X X X X person.'
@@ -52,7 +54,7 @@ def make_cfg(**model_overrides) -> CN:
 
 def build(seed=0, num_classes=5, camera_num=3, view_num=2, text_views=(), load_pretrained=True, **overrides):
     torch.manual_seed(seed)
-    return make_model(make_cfg(**overrides), num_classes, camera_num, view_num,
+    return make_model(model_settings(make_cfg(**overrides)), num_classes, camera_num, view_num,
                       text_views=text_views, load_pretrained=load_pretrained)
 
 
@@ -137,6 +139,60 @@ def test_sie_changes_only_the_class_token(clip, camera, view, rows):
         with_sie(images)
 
 
+# ---------------------------------------------------------------- ResNet image tower (RN50 family)
+
+@pytest.fixture(scope='module')
+def resnet_clip():
+    torch.manual_seed(0)
+    return load_clip(TINY_RESNET_NAME)
+
+
+@pytest.mark.parametrize('size, grid', [((256, 128), (16, 8)), ((256, 256), (16, 16)), ((250, 100), (15, 6))])
+def test_resnet_grid_follows_the_last_stage_map(resnet_clip, size, grid):
+    encoder = ReIDResNetEncoder(resnet_clip.visual, image_size=size)
+    assert resnet_feature_grid(size) == encoder.grid_size == grid
+    with torch.no_grad():
+        stage4 = encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(encoder.stem(torch.randn(1, 3, *size))))))
+        outputs = encoder(torch.randn(2, 3, *size))
+    assert tuple(stage4.shape[2:]) == grid  # the last stage keeps its input resolution (stride 1)
+    assert encoder.attnpool.positional_embedding.shape == (1 + grid[0] * grid[1], 256)
+    assert [o.shape for o in outputs] == [(2, 128), (2, 256), (2, 64)]
+    assert (encoder.width, encoder.embed_dim) == (256, 64)
+
+
+def test_resnet_attention_pool_is_clips_at_the_native_grid(resnet_clip):
+    """On CLIP's own 7x7 map the re-ID pool (mean-token query only) is open_clip's attention pool."""
+    pool = ReIDAttentionPool(resnet_clip.visual.attnpool, (7, 7))
+    assert torch.equal(pool.positional_embedding, resnet_clip.visual.attnpool.positional_embedding)
+    x = torch.randn(3, 256, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), resnet_clip.visual.attnpool(x), atol=ATOL, rtol=0)
+
+
+def test_resnet_position_table_is_resized_bilinearly(resnet_clip):
+    encoder = ReIDResNetEncoder(resnet_clip.visual, image_size=(256, 128))
+    table = resnet_clip.visual.attnpool.positional_embedding.detach()
+    grid = table[1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2)
+    expected = nn.functional.interpolate(grid, size=(16, 8), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(encoder.attnpool.positional_embedding.detach(),
+                               torch.cat([table[:1], expected.permute(0, 2, 3, 1).reshape(128, -1)]))
+
+
+def test_resnet_encoder_refuses_side_information(resnet_clip):
+    with pytest.raises(UserError, match='MODEL.SIE_CAMERA True .*ResNet'):
+        ReIDResNetEncoder(resnet_clip.visual, camera_num=3, sie_camera=True)
+    with pytest.raises(UserError, match='INPUT.SIZE_TRAIN'):
+        ReIDResNetEncoder(resnet_clip.visual, image_size=(8, 64))
+
+
+def test_resnet_re_id_model_state_has_clip_reids_keys():
+    model = build(NAME=TINY_RESNET_NAME)
+    keys = set(model.image_state_dict())
+    assert {'image_encoder.conv1.weight', 'image_encoder.layer4.0.downsample.0.weight',
+            'image_encoder.attnpool.positional_embedding', 'image_encoder.attnpool.c_proj.weight'} <= keys
+    assert not any('act' in k or k.startswith('image_encoder.sie') for k in keys)
+
+
 # ---------------------------------------------------------------- loading OpenAI checkpoints
 
 class _Node(nn.Module):
@@ -160,10 +216,11 @@ def save_torchscript_archive(state_dict, path):
         torch.jit.save(torch.jit.trace(root, torch.zeros(1)), str(path))
 
 
-def openai_state_dict(seed=3, dtype=torch.float16):
+def openai_state_dict(seed=3, dtype=torch.float16, name=TINY_NAME):
     torch.manual_seed(seed)
     # OpenAI archives hold fp16 weights and a few non-weight entries.
-    sd = {k: v.to(dtype) for k, v in build_clip(TINY_NAME).state_dict().items()}
+    sd = {k: v.to(dtype) if v.is_floating_point() else v
+          for k, v in build_clip(name).state_dict().items()}
     sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
     return sd
 
@@ -173,8 +230,9 @@ def assert_loaded(model, sd):
     keys = [k for k in sd if k not in ('input_resolution', 'context_length', 'vocab_size')]
     assert set(keys) <= set(loaded)
     for key in keys:
-        assert loaded[key].dtype == torch.float32
-        assert torch.equal(loaded[key], sd[key].float()), key
+        if sd[key].is_floating_point():
+            assert loaded[key].dtype == torch.float32
+        assert torch.equal(loaded[key], sd[key].to(loaded[key].dtype)), key
     assert not model.training
 
 
@@ -185,6 +243,28 @@ def test_load_openai_torchscript_archive(tmp_path):
     model = load_clip(TINY_NAME, str(path))
     assert_loaded(model, sd)
     assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+
+
+@pytest.mark.parametrize('archive', [True, False], ids=['torchscript', 'state dict'])
+def test_load_openai_resnet_checkpoint(tmp_path, archive):
+    """RN50.pt's layout (OpenAI's ResNet keys), as a TorchScript archive or a plain state dict."""
+    sd = openai_state_dict(name=TINY_RESNET_NAME)
+    path = tmp_path / 'RN-Tiny.pt'
+    if archive:
+        save_torchscript_archive(sd, path)
+    else:
+        torch.save(sd, path)
+    model = load_clip(TINY_RESNET_NAME, str(path))
+    assert type(model.visual).__name__ == 'ModifiedResNet'
+    assert_loaded(model, sd)
+
+
+def test_a_resnet_checkpoint_for_a_vit_name_names_model_name(tmp_path):
+    path = tmp_path / 'RN50.pt'
+    torch.save(openai_state_dict(name=TINY_RESNET_NAME), path)
+    with pytest.raises(UserError, match=r"holds a RN-Tiny \(vision: width 8, layers \[1, 1, 1, 1\], image 224.*"
+                                        r"checkpoint, but MODEL.NAME is 'ViT-Tiny-16'"):
+        load_clip(TINY_NAME, str(path))
 
 
 def test_load_wrapped_plain_fp32_state_dict(tmp_path):
@@ -210,7 +290,7 @@ def test_missing_or_foreign_checkpoint(tmp_path):
         load_clip(TINY_NAME, str(tmp_path / 'nope.pt'))
     foreign = tmp_path / 'reid.pth'
     torch.save({'image_encoder.conv1.weight': torch.zeros(1)}, foreign)
-    with pytest.raises(UserError, match='is not an OpenAI CLIP ViT checkpoint'):
+    with pytest.raises(UserError, match='is not an OpenAI CLIP checkpoint'):
         load_clip(TINY_NAME, str(foreign))
 
 
@@ -406,7 +486,7 @@ def test_bad_neck_feat():
     cfg = make_cfg()
     cfg.TEST.NECK_FEAT = 'middle'
     with pytest.raises(UserError, match='TEST.NECK_FEAT'):
-        make_model(cfg, 3, 1, 1)
+        make_model(model_settings(cfg), 3, 1, 1)
 
 
 def test_no_hardcoded_cuda_in_model_package():
@@ -437,8 +517,8 @@ def test_reid_model_takes_any_encoder_of_the_contract(clip):
 
 
 def test_an_unknown_tower_family_is_refused(clip):
-    class ModifiedResNet(nn.Module):
+    class HieraTower(nn.Module):
         pass
 
-    with pytest.raises(UserError, match='ModifiedResNet are not supported'):
-        build_image_encoder(ModifiedResNet())
+    with pytest.raises(UserError, match='HieraTower are not supported'):
+        build_image_encoder(HieraTower())

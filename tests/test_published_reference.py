@@ -110,9 +110,9 @@ def test_published_layout_round_trip(published_state):
     assert all(torch.equal(back[k], expected[k]) for k in expected)
 
 
-def test_cnn_checkpoint_is_refused_with_one_line():
+def test_a_resnet_checkpoint_for_a_vit_config_names_model_name():
     state = {'image_encoder.conv1.weight': torch.zeros(1), 'image_encoder.layer1.0.conv1.weight': torch.zeros(1)}
-    with pytest.raises(UserError, match='CNN backbones are not supported'):
+    with pytest.raises(UserError, match=f"ResNet .* image encoder, but MODEL.NAME '{REF_ARCH}' is a ViT"):
         reference_model().load_image_state_dict(state)
 
 

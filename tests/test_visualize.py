@@ -12,6 +12,7 @@ from PIL import Image
 import test_clipreid
 import train_clipreid
 from config import load_config
+from processor.settings import report_settings
 from tests.helpers import tiny_opts
 from evaluation import ranked_lists
 from reporting import metrics_log, visualize
@@ -158,7 +159,7 @@ def test_reports_write_the_expected_pictures_and_table(tmp_path):
     cfg = load_config('', ['OUTPUT_DIR', str(out), 'DATASETS.NAMES', 'mssl', 'TEST.VISUALIZE', 'True',
                            'TEST.VISUALIZE_QUERIES', '3', 'TEST.VISUALIZE_TOPK', '4'])
     outcome = _outcome(tmp_path, ['S2G', 'DDC'])
-    written = visualize.write_reports(cfg, outcome, LOGGER, {'weights': 'w.pth'})
+    written = visualize.write_reports(report_settings(cfg), outcome, LOGGER, {'weights': 'w.pth'})
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ['results.md', 'cmc.png', 'ranked_S2G.png', 'ranked_DDC.png'])
     assert len(written) == 4
@@ -179,7 +180,7 @@ def test_reports_write_the_expected_pictures_and_table(tmp_path):
 
 def test_no_ranked_lists_unless_asked(tmp_path):
     cfg = load_config('', ['OUTPUT_DIR', str(tmp_path), 'DATASETS.NAMES', 'mssl'])
-    visualize.write_reports(cfg, _outcome(tmp_path, ['G2S']), LOGGER)
+    visualize.write_reports(report_settings(cfg), _outcome(tmp_path, ['G2S']), LOGGER)
     assert not list(tmp_path.glob('ranked_*.png'))
     assert (tmp_path / 'results.md').is_file() and (tmp_path / 'cmc.png').is_file()
 

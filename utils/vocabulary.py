@@ -56,6 +56,14 @@ METRICS_JSONL = 'metrics.jsonl'
 RESULTS_TABLE = 'results.md'
 CMC_PLOT = 'cmc.png'
 TRAINING_CURVES = 'training_curves.png'
+MANIFEST_FILE = 'manifest.json'
+TENSORBOARD_DIR = 'tensorboard'
+# tools/experiment.py's outputs: its description, one folder per seed, the summary over the seeds.
+EXPERIMENT_FILE = 'experiment.json'
+SUMMARY_JSON = 'summary.json'
+SUMMARY_CSV = 'summary.csv'
+SUMMARY_TABLE = 'summary.md'
+SUMMARY_PLOT = 'summary.png'
 # search_clipreid.py's outputs.
 SEARCH_CSV = 'search_results.csv'
 SEARCH_JSON = 'search_results.json'
@@ -73,6 +81,10 @@ def features_file(protocol: str) -> str:
 
 def ranked_file(protocol: str) -> str:
     return f'ranked_{protocol}.png'
+
+
+def seed_folder(seed: int) -> str:
+    return f'seed_{seed}'
 
 
 # Breakdowns of a protocol (evaluation/breakdown.py) and the columns of their CSV files.
