@@ -168,11 +168,12 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     positions = less + (slot - first)
     by_group = None
     if groups is not None:
-        less_by_group = at_most_by_group[:, :, 0::2].gather(2, first.expand(groups.count, -1, -1)).permute(1, 2, 0)
-        first_of = first.unsqueeze(2).expand(-1, -1, groups.count)
-        in_group = groups.one_hot(cand_idx, cand_valid)
-        before = torch.cumsum(in_group, 1) - in_group  # candidates of each group in earlier slots
-        by_group = less_by_group + before - before.gather(1, first_of)
+        with _one_thread_on_cpu(device):
+            less_by_group = at_most_by_group[:, :, 0::2].gather(2, first.expand(groups.count, -1, -1)).permute(1, 2, 0)
+            first_of = first.unsqueeze(2).expand(-1, -1, groups.count)
+            in_group = groups.one_hot(cand_idx, cand_valid)
+            before = torch.cumsum(in_group, 1) - in_group  # candidates of each group in earlier slots
+            by_group = less_by_group + before - before.gather(1, first_of)
     other_tie = ((less_equal - less > tied_candidates) & cand_valid).any(1)
     candidate_tie = ((tied_candidates > 1) & cand_valid).any(1)
     scan = other_tie & ~candidate_tie
