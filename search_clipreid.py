@@ -17,9 +17,8 @@ import time
 
 import torch
 
-from model.feature_api import PRECISIONS, SIDE_INFO_CHOICES, FeatureExtractor, load_reid_model
-from processor.search import (labels_from_csv, labels_from_names, list_images, read_label_csv, top_k,
-                              unknown_labels, write_outputs)
+from model.feature_api import PRECISIONS, FeatureExtractor, load_reid_model
+from processor.search import add_label_arguments, image_labels, list_images, read_label_csv, top_k, write_outputs
 from processor.run import prepare_output_dir
 from utils.errors import UserError, exit_on_user_error
 from utils.logger import setup_logger
@@ -35,11 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--gallery', required=True, help='a folder of gallery images (any file names)')
     parser.add_argument('--output', required=True, help='folder for the results')
     parser.add_argument('--topk', type=int, default=10, help='gallery images listed per query (default 10)')
-    parser.add_argument('--labels', default='auto',
-                        help="'auto' (from file names of a known dataset naming), 'none', or a CSV with columns "
-                             "image, camera, view, person")
-    parser.add_argument('--side-info', default='mean', choices=SIDE_INFO_CHOICES,
-                        help='what unknown camera/view labels do with an SIE model (default mean)')
+    add_label_arguments(parser)
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument('--precision', default='fp32', choices=list(PRECISIONS))
     parser.add_argument('--batch-size', type=int, default=64)
@@ -63,14 +58,6 @@ def _check_numbers(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
 
 
-def _labels(args, paths: list, meta: dict, table: dict | None):
-    if args.labels == 'none':
-        return unknown_labels(len(paths))
-    if table is not None:
-        return labels_from_csv(paths, table, meta, args.labels)
-    return labels_from_names(paths, meta)
-
-
 @exit_on_user_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -84,7 +71,7 @@ def main(argv=None) -> dict:
     meta = model.reid_meta
     logger.info(f"model: {meta['arch']} from {args.weight} ({meta['feature_dim']}-d features, trained on "
                 f"'{meta.get('dataset')}'); device {next(model.parameters()).device}, {args.precision}")
-    q_labels, g_labels = _labels(args, query, meta, table), _labels(args, gallery, meta, table)
+    q_labels, g_labels = (image_labels(args.labels, paths, meta, table) for paths in (query, gallery))
     for name, labels in (('query', q_labels), ('gallery', g_labels)):
         logger.info(f"{name}: {len(labels.views)} images; labels from {labels.source}")
         for note in labels.notes:
@@ -98,7 +85,7 @@ def main(argv=None) -> dict:
     extraction_s = time.monotonic() - start
     start = time.monotonic()
     with torch.no_grad():
-        dist, index = top_k(qf, gf, args.topk, args.chunk_size)
+        dist, index = top_k(qf, gf, args.topk, args.chunk_size, device=extractor.device)  # the model's device
     ranking_s = time.monotonic() - start
     info = {'weight': args.weight, 'query': args.query, 'gallery': args.gallery, 'topk': int(index.shape[1]),
             'distance': 'squared Euclidean distance of L2-normalised features (2 - 2 cosine)',

@@ -22,16 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import model.blocks as blocks  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
+from utils.device import cpu_model  # noqa: E402,F401  (the benchmarks name the CPU with it)
 
 
 def cpu_flags() -> set:

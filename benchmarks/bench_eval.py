@@ -8,9 +8,15 @@ the three modes one after the other, each with its own distances. Without a chec
 Ours: `evaluate` per mode, and `evaluate_protocols` for ALL (one pass over the shared queries).
 With --baseline-queries N the baseline runs on the first N queries of each mode and its time is
 scaled up (marked '~'); every timed step of it is linear in the number of queries.
-Metrics (mAP, CMC to max rank) are checked equal to the published code's on the measured queries (1e-6).
+Metrics (mAP, CMC to max rank) are checked equal to the published code's on the measured queries (1e-6),
+ours computed from the distance matrix the published code ranked: distances computed elsewhere (a GPU's
+matmul, another summation order) differ in the last bits, which reorders near-ties and moves the metrics
+by a few 1e-6 without either evaluator being wrong.
 The cameras follow MSSL's numbering, which the published `eval_func` hard-codes (sky = c04 c05 c09
 c10 c14 c15).
+Breakdowns (TEST.BREAKDOWN): the ALL pass as inference runs it (with per-query results) alone, with the
+camera / view pair tables and the per-hour table, and with their files (CSV, heatmap PNG), run in turn in
+the same process; the extra time is reported as a percentage.
 
 Usage: python benchmarks/bench_eval.py [--num-query 3000 --num-gallery 28600 --dim 1280 ...]
 """
@@ -21,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from utils.atomic_io import write_text  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
+from evaluation.breakdown import query_groups  # noqa: E402
 from evaluation.rank import MODES, evaluate, evaluate_protocols, mode_query_mask  # noqa: E402
+from reporting.breakdown import write_breakdowns  # noqa: E402
 from datasets.mssl import SKY_CAMERAS  # noqa: E402
 from published_code import PUBLISHED_REPO_HELP, PublishedCodeMissing, PublishedEvaluator  # noqa: E402
 
@@ -106,6 +115,7 @@ def parse_args(argv=None):
                         help='queries per mode run by the published baseline (0 = all), time scaled up')
     parser.add_argument('--max-rank', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch\'s default)')
     parser.add_argument('--out', default='bench_eval.json')
     args = parser.parse_args(argv)
     for name in ('num_query', 'num_gallery', 'dim', 'num_ids', 'repeat', 'chunk_size',
@@ -118,6 +128,8 @@ def parse_args(argv=None):
 def run(args) -> dict:
     """Time ours and the published algorithm; returns the report (rows per mode and ALL)."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_at_start = os.getloadavg()  # other processes on the machine skew the timings
     data = make_data(args.num_query, args.num_gallery, args.dim, args.num_ids, MSSL_CAMERAS, args.seed)
     published = None
@@ -160,7 +172,10 @@ def run(args) -> dict:
             count = num_query if args.baseline_queries <= 0 else min(args.baseline_queries, num_query)
             published_s, published_cpu, theirs = timed_cpu(run_published(published, inputs, mode, count),
                                                            args.repeat)
-            difference = max_difference(ours if count == num_query else ours_on(count)(), theirs)
+            same_distances = evaluate(None, None, *(inputs[key][:count] if key.startswith('q') else inputs[key]
+                                                    for key in labels), mode, max_rank=args.max_rank,
+                                      chunk_size=args.chunk_size, distmat=theirs['distmat'])
+            difference = max_difference(same_distances, theirs)
             if difference > 1e-6:
                 raise AssertionError(f"{mode}: the published evaluator differs from ours by {difference:.3g}")
             scale = num_query / count
@@ -197,10 +212,59 @@ def run(args) -> dict:
         if published:
             row['speedup_vs_published'] = row['published_s'] / row['ours_s']
 
-    return {'args': vars(args), 'device': str(device), 'published_code_run': bool(published), 'torch_threads': torch.get_num_threads(),
+    breakdown = time_breakdowns(data, protocols, labels, args, sync)
+    return {'breakdown': breakdown, 'args': vars(args), 'device': str(device), 'published_code_run': bool(published),
+            'torch_threads': torch.get_num_threads(),
             'cpu_count': os.cpu_count(), 'load_average_at_start': load_at_start,
             'load_average_at_end': os.getloadavg(), 'platform': platform.platform(),
             'torch': torch.__version__, 'numpy': np.__version__, 'rows': rows}
+
+
+def time_breakdowns(data, protocols, labels, args, sync) -> dict:
+    """Best-of-repeat wall and CPU seconds of the inference ALL pass (with per-query results) alone, with the
+    breakdown tables (camera and view pairs in the pass, hours from the per-query results), and with the
+    tables and their files; the three are run in turn, repeat times, so that a change of load hits all."""
+    device = torch.device(args.device)
+    qf, gf = data['qf'].to(device), data['gf'].to(device)
+    hours = np.random.default_rng(args.seed).integers(7, 18, len(data['q_pids']))  # MSSL-like capture hours
+    columns = {side: {'camids': data[f'{side[0]}_camids'], 'views': data[f'{side[0]}_views']}
+               for side in ('query', 'gallery')}
+
+    def inference_pass(variant, folder):
+        breakdown = variant != 'plain'
+        results = evaluate_protocols(qf, gf, *(data[key] for key in labels), protocols, max_rank=args.max_rank,
+                                     chunk_size=args.chunk_size, return_per_query=True, breakdown=breakdown)
+        sync()
+        for mode, rows, _ in protocols if breakdown else ():
+            result = results[mode]
+            tables = dict(result['breakdown'], hours=query_groups(
+                hours[rows], result['per_query_ap'], result['first_hit_rank'], result['valid_query_index']))
+            if variant == 'files':
+                query = {key: value[rows] for key, value in columns['query'].items()}
+                write_breakdowns(folder, mode, tables, query, columns['gallery'], 'mssl')
+        return results
+
+    variants = ('plain', 'tables', 'files')
+    wall, cpu = {v: [] for v in variants}, {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as folder:
+        inference_pass('files', folder)  # warm-up
+        for _ in range(max(args.repeat, 2)):
+            for variant in variants:
+                cpu_start, start = time.process_time(), time.perf_counter()
+                results = inference_pass(variant, folder)
+                wall[variant].append(time.perf_counter() - start)
+                cpu[variant].append(time.process_time() - cpu_start)
+    best = {v: (min(wall[v]), min(cpu[v])) for v in variants}
+    report = {'wall_s': {v: best[v][0] for v in variants}, 'cpu_s': {v: best[v][1] for v in variants},
+              'runs_wall_s': wall, 'runs_cpu_s': cpu,
+              'camera_cells': sum(int((results[mode]['breakdown']['cameras'].valid > 0).sum())
+                                  for mode, _, _ in protocols)}
+    for v in variants[1:]:
+        report[f'{v}_extra_percent'] = 100 * (best[v][0] / best['plain'][0] - 1)
+        report[f'{v}_extra_cpu_percent'] = 100 * (best[v][1] / best['plain'][1] - 1)
+        # each run against the plain run just before it: a shared machine's load changes less in between
+        report[f'{v}_extra_median_percent'] = 100 * (float(np.median(np.array(wall[v]) / np.array(wall['plain']))) - 1)
+    return report
 
 
 def print_table(report: dict) -> None:
@@ -227,6 +291,15 @@ def print_table(report: dict) -> None:
     if published and every['extrapolated']:
         print(f"~ published measured on the first {report['args']['baseline_queries']} queries of each "
               "mode and scaled linearly to all queries")
+    extra = report['breakdown']
+    wall, cpu = extra['wall_s'], extra['cpu_s']
+    print(f"breakdowns (TEST.BREAKDOWN), best of {max(report['args']['repeat'], 2)} runs in turn: the ALL pass with "
+          f"per-query results {wall['plain']:.2f} s ({cpu['plain']:.2f} CPU s); with the camera / view / hour "
+          f"tables {wall['tables']:.2f} s ({cpu['tables']:.2f} CPU s: {extra['tables_extra_percent']:+.1f} % wall, "
+          f"{extra['tables_extra_cpu_percent']:+.1f} % CPU); and their files {wall['files']:.2f} s "
+          f"({cpu['files']:.2f} CPU s: {extra['files_extra_percent']:+.1f} % wall, "
+          f"{extra['files_extra_cpu_percent']:+.1f} % CPU); median of the paired runs' ratios: tables "
+          f"{extra['tables_extra_median_percent']:+.1f} %, with files {extra['files_extra_median_percent']:+.1f} %")
     if published:
         print(f"mAP and CMC equal the published evaluator's (max |diff| {every['max_abs_diff']:.1e} <= 1e-6)")
     else:

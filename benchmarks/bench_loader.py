@@ -26,8 +26,9 @@ from bench_common import describe_machine, machine_info, print_table, write_repo
 from config import load_config  # noqa: E402
 from datasets import init_dataset  # noqa: E402
 from datasets.bases import read_image  # noqa: E402
-from datasets.make_dataloader import _transforms, make_train_loader  # noqa: E402
+from datasets.make_dataloader import make_train_loader, transforms  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
+from processor.settings import loader_settings  # noqa: E402
 
 
 def stage_costs(cfg, items: list, count: int) -> list:
@@ -39,7 +40,7 @@ def stage_costs(cfg, items: list, count: int) -> list:
     start = time.perf_counter()
     images = [read_image(path) for path in paths]
     rows.append({'stage': 'decode (PIL open + RGB)', 'ms': (time.perf_counter() - start) / len(paths) * 1e3})
-    for transform in _transforms(cfg, is_train=True).transforms:
+    for transform in transforms(loader_settings(cfg), is_train=True).transforms:
         start = time.perf_counter()
         images = [transform(image) for image in images]
         rows.append({'stage': type(transform).__name__, 'ms': (time.perf_counter() - start) / len(paths) * 1e3})
@@ -55,7 +56,7 @@ def stage_costs(cfg, items: list, count: int) -> list:
 
 
 def loader_rate(cfg, items: list, device: torch.device, batches: int) -> dict:
-    loader = make_train_loader(cfg, items, device)
+    loader = make_train_loader(loader_settings(cfg), items, device)
     loader.sampler.set_epoch(1)
     available = len(loader)
     if available < 2:

@@ -324,8 +324,8 @@ def clipreid_code_available(args) -> str | None:
     return f"--clipreid-repo '{args.clipreid_repo}' has no {missing[0]}" if missing else None
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, device and batch of the step (make_step's spec); also benchmarks/bench_deterministic.py's."""
     parser.add_argument('--model', default='ViT-B-16')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch', type=int, default=None, help='default: 64 on CUDA, 8 on CPU')
@@ -338,6 +338,11 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads per worker (0: torch default); 1 is steadier on a busy machine')
     parser.add_argument('--num-classes', type=int, default=1050)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    add_step_arguments(parser)
     parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 20 on CUDA, 3 on CPU)')
     parser.add_argument('--warmup', type=int, default=1,
                         help='untimed steps first (at least 2 with +compile: it compiles in the first)')

@@ -18,13 +18,22 @@ whole MSSL recipe. Written for the first minutes on a CUDA machine (under 8 minu
   extraction     ViT-B/16 feature extraction images/s (fp32, bf16)
   loader         the training loader's images/s with the machine's cores on images resized to an
                  assumed MSSL-like source size, against the step rate of train_step
-  demo           bash tools/demo.sh, wall time
+  demo           bash tools/demo.sh with two epochs per stage, wall time
   projection     the full MSSL recipe's time on this device from the measured rates
 
 Writes DIR/gpu_check.json and DIR/gpu_check.md (rewritten after every part, so a run cut short still
-leaves what it measured) and keeps every part's own files under DIR/work/.
+leaves what it measured) and keeps every part's own files under DIR/work/ (its output in work/PART.log).
+
+Time: each part runs in a process of its own, in its own process group, with a deadline (DEADLINE_S);
+at the deadline the whole group is killed (the part's training runs, loader workers and benchmark
+workers with it, so nothing keeps the GPU), and whatever a part sets (TF32) ends with it. A part starts
+only if its deadline fits in what is left of --budget-s, so a full run ends within the budget (450 s)
+plus the driver's own seconds: under 8 minutes, whatever the GPU. Skipped and killed parts are printed
+and reported with the reason. With --quick every deadline is QUICK_DEADLINE_SCALE times longer (toy sizes
+on a CPU shared with other work).
 
 Usage: bash benchmarks/gpu_check.sh --out DIR [--device cuda] [--quick] [--parts evaluator loader ...]
+                                    [--deadline train_step=150 ...] [--published-repo PATH]
 """
 from __future__ import annotations
 
@@ -64,7 +73,14 @@ SPEC_TFLOPS = {'H200': (66.9, 989.4), 'H100 SXM': (66.9, 989.4), 'H100 PCIe': (5
 RECIPE = {'train_images': 35330, 'test_images': 31600, 'stage1_views': 2, 'stage1_epochs': 120,
           'stage1_batch': 64, 'stage2_epochs': 60, 'stage2_batch': 64, 'eval_period': 5}
 RESUME_NOISE_FACTOR = 10.0
-DEMO_TIMEOUT_S = 400
+# Each part's deadline in seconds on one GPU ('data': making the synthetic MSSL when --data is not given).
+# They sum to BUDGET_S: the whole check cannot run longer, and 450 s leaves the driver half a minute of
+# its 8. Sized from the CPU runs and FLOP counts (a cold torch.compile of ViT-B/16 is the largest item).
+DEADLINE_S = {'data': 20, 'device_checks': 25, 'short_run': 45, 'resume': 70, 'train_step': 130, 'evaluator': 35,
+              'extraction': 25, 'loader': 35, 'demo': 55, 'projection': 10}
+BUDGET_S = 450.0
+QUICK_DEADLINE_SCALE = 4
+NEEDS_DATA = ('short_run', 'resume', 'loader', 'demo')
 LOADER_SOURCE_SIZE = (128, 256)  # width x height; assumed, see docs/BENCHMARKS.md
 
 
@@ -153,9 +169,11 @@ def part_device_checks(ctx) -> dict:
     data = make_data(400, 3000, 64, 150, 15, seed=1)
     labels = [data[k] for k in ('q_pids', 'g_pids', 'q_camids', 'g_camids', 'q_views', 'g_views')]
     protocols = [(mode, np.flatnonzero(mode_query_mask(mode, data['q_views'])), None) for mode in MODES]
-    on_cpu = evaluate_protocols(data['qf'], data['gf'], *labels, protocols, chunk_size=128)
-    on_device = evaluate_protocols(data['qf'].to(device), data['gf'].to(device), *labels, protocols,
-                                   chunk_size=128)
+    # In float64: float32 distances from the device's matmul differ from the CPU's in the last bits, which
+    # reorders near-ties and moves the metrics by ~1e-6 with both evaluators right.
+    qf, gf = data['qf'].double(), data['gf'].double()
+    on_cpu = evaluate_protocols(qf, gf, *labels, protocols, chunk_size=128)
+    on_device = evaluate_protocols(qf.to(device), gf.to(device), *labels, protocols, chunk_size=128)
     eval_diff = 0.0
     for mode, rows, _ in protocols:
         a, b = on_device[mode], on_cpu[mode]
@@ -215,7 +233,7 @@ def part_resume(ctx) -> dict:
     log_path = ctx.work / 'resume_killed.log'
     with open(log_path, 'w') as log:  # a file, not a pipe: a full pipe would stall the child
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        resume_file, killed_after, deadline = killed / 'resume.pth', None, time.perf_counter() + 600
+        resume_file, killed_after, deadline = killed / 'resume.pth', None, time.perf_counter() + ctx.seconds_left()
         while process.poll() is None and time.perf_counter() < deadline:
             if resume_file.exists():
                 try:
@@ -286,12 +304,24 @@ def part_train_step(ctx) -> dict:
     import bench_stage1
     import bench_train_step
     s, device = ctx.sizes, ctx.device
-    out = ctx.work / 'train_step.json'
-    argv = ['--model', s.model, '--device', str(device), '--batch', str(s.batch), '--size', *map(str, s.size),
-            '--stride', *map(str, s.stride), '--steps', str(s.steps), '--timeout', '400', '--out', str(out),
-            '--variants', *s.variants]
-    bench_train_step.main(argv)
-    report = json.loads(out.read_text())
+
+    def step_rows(variants: list, name: str, reserve_s: float) -> list:
+        out = ctx.work / f'{name}.json'
+        bench_train_step.main(['--model', s.model, '--device', str(device), '--batch', str(s.batch), '--size',
+                               *map(str, s.size), '--stride', *map(str, s.stride), '--steps', str(s.steps),
+                               '--out', str(out), '--timeout', f'{max(ctx.seconds_left() - reserve_s, 1):.0f}',
+                               '--variants', *variants])
+        return json.loads(out.read_text())['rows']
+
+    # The compiled variant last and on its own: a cold compile is the least predictable item, and if it
+    # does not finish before the part's deadline the other rows are kept.
+    compiled = [v for v in s.variants if '+compile' in v]
+    measured = step_rows([v for v in s.variants if v not in compiled], 'train_step', reserve_s=40)
+    stage1_out = ctx.work / 'stage1_step.json'
+    bench_stage1.main(['--model', s.model, '--device', str(device), '--batch', str(s.stage1_batch),
+                       '--steps', str(max(s.steps, 2)), '--repeat', '1', '--compare-ids', '16',
+                       '--variants', *s.stage1_variants, '--out', str(stage1_out)])
+    stage1 = json.loads(stage1_out.read_text())['rows']
     counts = bench_floor.stage2_counts(SimpleNamespace(model=s.model, size=list(s.size), stride=list(s.stride),
                                                        batch=s.batch, num_classes=1050))
     if device.type == 'cuda':  # what the fp32 step runs: full fp32 unless TF32 is switched on
@@ -299,8 +329,15 @@ def part_train_step(ctx) -> dict:
     peaks = {'fp32': measured_matmul_tflops(device, torch.float32, s.matmul),
              'bf16': measured_matmul_tflops(device, torch.bfloat16, s.matmul)}
     spec = spec_tflops(ctx.env.get('gpu', '')) if device.type == 'cuda' else None
+    compile_note = ''
+    if compiled:
+        try:
+            measured += [row for row in step_rows(compiled, 'train_step_compiled', reserve_s=3)
+                         if row['variant'] in compiled]
+        except (subprocess.TimeoutExpired, RuntimeError) as error:
+            compile_note = f"{', '.join(compiled)} not measured: {type(error).__name__} before the part's deadline"
     rows = []
-    for row in report['rows']:
+    for row in measured:
         achieved = row['images_per_s'] * counts['step_flops'] / s.batch / 1e12
         precision = row['precision']
         rows.append({'variant': row['variant'], 'images_per_s': row['images_per_s'], 'step_ms': row['step_ms'],
@@ -308,11 +345,6 @@ def part_train_step(ctx) -> dict:
                      'of_measured_matmul_peak': achieved / peaks[precision],
                      'of_spec_peak': achieved / spec[precision] if spec else None,
                      'feature_rel_diff': row['rel_diff_vs_sdpa_fp32'], 'loss': row['first_loss']})
-    stage1_out = ctx.work / 'stage1_step.json'
-    bench_stage1.main(['--model', s.model, '--device', str(device), '--batch', str(s.stage1_batch),
-                       '--steps', str(max(s.steps, 2)), '--repeat', '1', '--compare-ids', '16',
-                       '--variants', *s.stage1_variants, '--out', str(stage1_out)])
-    stage1 = json.loads(stage1_out.read_text())['rows']
     best = max(rows, key=lambda r: r['images_per_s'])
     summary = '; '.join(f"{r['variant']} {r['images_per_s']:.1f} images/s, {r['peak_memory_mib']:.0f} MiB, "
                         f"{r['achieved_tflops']:.3g} TFLOP/s = {r['of_measured_matmul_peak']:.0%} of matmul peak"
@@ -322,22 +354,24 @@ def part_train_step(ctx) -> dict:
             'measured_matmul_tflops': peaks, 'spec_tflops': spec, 'best_variant': best['variant'],
             'stage1_rows': [{'variant': r['variant'], 'step_ms': r['step_ms']} for r in stage1],
             'stage1_batch': s.stage1_batch,
-            'note': '' if any('+compile' in v for v in s.variants) else
+            'note': compile_note if compiled else
                     'bf16 + compile left out with --quick (a cold compile takes about a minute on a CPU)'}
 
 
 def part_evaluator(ctx) -> dict:
     import bench_eval
-    args = bench_eval.parse_args([*ctx.sizes.eval_args, '--device', str(ctx.device),
+    published = ['--published-repo', ctx.args.published_repo] if ctx.args.published_repo else []
+    args = bench_eval.parse_args([*ctx.sizes.eval_args, *published, '--device', str(ctx.device),
                                   '--out', str(ctx.work / 'eval.json')])
     report = bench_eval.run(args)
     bench_eval.print_table(report)
     write_text(args.out, json.dumps(report, indent=1))
     every = report['rows'][-1]
+    baseline = (f", the published code {every['published_s']:.2f} s on the CPU ({every['speedup_vs_published']:.1f}x); "
+                f"metrics equal within 1e-6 on the published distances" if published
+                else '; the published code not run (no --published-repo)')
     return {'status': 'measured', 'summary': f"ALL ({every['num_query']} protocol queries x {every['num_gallery']} "
-                                             f"gallery): ours {every['ours_s']:.2f} s on {ctx.device}, the published "
-                                             f"algorithm {every['published_s']:.2f} s on the CPU "
-                                             f"({every['speedup_vs_published']:.1f}x); metrics equal within 1e-6",
+                                             f"gallery): ours {every['ours_s']:.2f} s on {ctx.device}" + baseline,
             'all_seconds': every['ours_s'], 'rows': report['rows'], 'dim': args.dim}
 
 
@@ -420,12 +454,15 @@ def part_loader(ctx) -> dict:
 
 def part_demo(ctx) -> dict:
     out = ctx.work / 'demo'
-    # The demo as a user runs it; with --quick at toy size (two epochs per stage, small images).
-    overrides = short_training_overrides(ctx.args) if ctx.args.quick else ['MODEL.DEVICE', ctx.args.device]
+    # The demo's script as a user runs it, with two epochs per stage (its 20 + 60 epochs would not fit the
+    # 8 minutes; the projection covers the full recipe); with --quick also at toy size.
+    overrides = short_training_overrides(ctx.args)
     env = dict(os.environ, PYTHON=sys.executable, DEMO_DATA=ctx.data, DEMO_OUT=str(out), DEMO_OPTS=' '.join(overrides))
     start = time.perf_counter()
+    # No timeout of its own: at the part's deadline the driver kills the part's process group, the demo's
+    # bash and the Python processes it started included.
     done = subprocess.run(['bash', str(ROOT / 'tools' / 'demo.sh')], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=DEMO_TIMEOUT_S)
+                          text=True)
     seconds = time.perf_counter() - start
     (ctx.work / 'demo.log').write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -436,6 +473,12 @@ def part_demo(ctx) -> dict:
     return {'status': 'pass' if results else 'fail', 'seconds': seconds, 'trained_mAP': results,
             'summary': f"{seconds:.0f} s wall for the whole demo; trained mAP "
                        + ', '.join(f"{m} {v:.1%}" for m, v in results.items())}
+
+
+def part_data(ctx) -> dict:
+    from datasets.synthetic_mssl import generate
+    generate(ctx.data, seed=0, overwrite=True, **ctx.sizes.data)
+    return {'status': 'pass', 'summary': f"synthetic MSSL in {ctx.data}"}
 
 
 def part_projection(ctx) -> dict:
@@ -494,7 +537,7 @@ def environment(device: torch.device, argv: list) -> dict:
                    compute_capability=f"{props.major}.{props.minor}")
         try:
             env['driver'] = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
-                                           capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+                                           capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             env['driver'] = 'unknown (nvidia-smi not available)'
     return env
@@ -506,12 +549,13 @@ def markdown(report: dict) -> str:
              f"`{env['command']}`  ", f"started {env['started']}; torch {env['torch']}, CUDA {env['cuda']}, "
              f"cuDNN {env['cudnn']}, driver {env.get('driver', '-')}, {env['cpu_count']} CPU cores; "
              f"{'toy sizes (--quick)' if report['quick'] else 'full sizes'}", '',
-             '| part | status | seconds | result |', '|---|---|--:|---|']
+             '| part | status | seconds | deadline | result |', '|---|---|--:|--:|---|']
     for name in report['parts']:
         part = report['results'].get(name, {'status': 'not run', 'summary': ''})
-        seconds = part.get('part_seconds')
+        seconds, deadline = part.get('part_seconds'), part.get('deadline_s')
         text = str(part.get('summary', '')).replace('|', '/').replace('\n', ' ')
-        lines.append(f"| {name} | {part['status']} | {'' if seconds is None else f'{seconds:.0f}'} | {text} |")
+        lines.append(f"| {name} | {part['status']} | {'' if seconds is None else f'{seconds:.0f}'} | "
+                     f"{'' if deadline is None else f'{deadline:.0f}'} | {text} |")
     step = report['results'].get('train_step', {})
     if step.get('rows'):
         lines += ['', f"Stage-2 step, {step['model']} {step['size'][0]}x{step['size'][1]} stride "
@@ -535,16 +579,30 @@ def markdown(report: dict) -> str:
 
 
 class Context:
-    def __init__(self, args, device, out: Path, env: dict):
-        self.args, self.device, self.out, self.env = args, device, out, env
+    def __init__(self, args, device, out: Path, environment: dict):
+        self.args, self.device, self.out, self.env = args, device, out, environment
         self.work = out / 'work'
         self.sizes = sizes(args)
         self.results: dict = {}
         self.started = time.perf_counter()
-        self.data = ''
+        self.data = args.data or str(self.work / 'mssl_synthetic')
+        self.part_end = float('inf')  # in a part's process: when the driver kills it
 
-    def time_left(self) -> float:
-        return self.args.budget_s - (time.perf_counter() - self.started)
+    def seconds_left(self) -> float:
+        """In a part's process: the seconds before its deadline."""
+        return self.part_end - time.perf_counter()
+
+
+def _deadline(text: str) -> tuple[str, float]:
+    name, _, seconds = text.partition('=')
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if name not in DEADLINE_S or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PART=SECONDS with PART one of "
+                                         f"{', '.join(DEADLINE_S)} and SECONDS > 0")
+    return name, value
 
 
 def parse_args(argv):
@@ -554,12 +612,24 @@ def parse_args(argv):
     parser.add_argument('--quick', action='store_true', help='every part at toy size')
     parser.add_argument('--parts', nargs='+', default=list(PARTS), help=f"a subset of: {' '.join(PARTS)}")
     parser.add_argument('--data', default='', help='an existing synthetic MSSL folder (default: generate one)')
-    parser.add_argument('--budget-s', type=float, default=450.0,
-                        help='parts not started by then are skipped (default 450 s: the whole under 8 minutes)')
+    parser.add_argument('--budget-s', type=float, default=None,
+                        help=f'a part starts only if its deadline fits in what is left (default {BUDGET_S:.0f} s, '
+                             f'x{QUICK_DEADLINE_SCALE} with --quick)')
+    parser.add_argument('--deadline', nargs='+', type=_deadline, default=[], metavar='PART=SECONDS',
+                        help='another deadline for a part (defaults: ' +
+                             ', '.join(f'{k} {v:.0f} s' for k, v in DEADLINE_S.items()) + ')')
+    parser.add_argument('--published-repo', default='',
+                        help='a checkout of the published MSP code: the evaluator part times it too')
+    parser.add_argument('--run-part', default='', help=argparse.SUPPRESS)  # how the driver starts a part's process
     args = parser.parse_args(argv)
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         raise UserError(f"--parts: unknown part(s) {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+    scale = QUICK_DEADLINE_SCALE if args.quick else 1
+    args.deadlines = {name: seconds * scale for name, seconds in DEADLINE_S.items()}
+    args.deadlines.update(dict(args.deadline))
+    if args.budget_s is None:
+        args.budget_s = BUDGET_S * scale
     return args
 
 
@@ -578,6 +648,92 @@ def resolve(args) -> torch.device:
     return device
 
 
+def run_part_here(ctx, name: str) -> None:
+    """In the part's own process: run it and leave its result in work/PART.result.json."""
+    report = json.loads((ctx.out / 'gpu_check.json').read_text())  # the driver writes it before each part
+    ctx.env, ctx.results = report['environment'], report['results']  # the parts before: loader, projection use them
+    ctx.part_end = time.perf_counter() + ctx.args.deadlines[name]
+    try:
+        result = globals()[f'part_{name}'](ctx)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - reported as the part's failure
+        (ctx.work / f'{name}.traceback.txt').write_text(traceback.format_exc())
+        first_line = (str(error).splitlines() or [''])[0]
+        what = (f"stopped with exit code {error.code} (its error line is in work/{name}.log)"
+                if isinstance(error, SystemExit) else f"{type(error).__name__}: {first_line}")
+        result = {'status': 'fail', 'summary': f"{what} (traceback in work/{name}.traceback.txt)"}
+    write_text(str(ctx.work / f'{name}.result.json'), json.dumps(result, default=str))
+
+
+def group_members(group: int) -> list:
+    """The processes in a process group (Linux: from /proc; elsewhere an empty list)."""
+    members = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != 'Z':
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_group(process: subprocess.Popen) -> int:
+    """Kill the part's process group: the part and every process it started (training runs, loader
+    workers, benchmark workers, the demo's bash and its Pythons). Returns how many were still running."""
+    running = len(group_members(process.pid))
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group is empty: all of it has ended
+        pass
+    process.wait()
+    return running
+
+
+def run_part(ctx, name: str, argv: list) -> dict:
+    """Run a part in a new process group, relay its output, kill the group at the deadline."""
+    deadline = ctx.args.deadlines[name]
+    log_path, result_path = ctx.work / f'{name}.log', ctx.work / f'{name}.result.json'
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, '--run-part', name]
+    start = time.perf_counter()
+    with open(log_path, 'w') as log, open(log_path) as relay:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while process.poll() is None and time.perf_counter() - start < deadline:
+                time.sleep(0.2)
+                sys.stdout.write(relay.read())
+                sys.stdout.flush()
+            timed_out = process.poll() is None
+        finally:
+            killed = _kill_group(process)  # also what a finished part left behind; and on Ctrl-C
+        sys.stdout.write(relay.read())
+    seconds = time.perf_counter() - start
+    last_lines = ' / '.join(log_path.read_text().strip().splitlines()[-2:])
+    if timed_out:
+        result = {'status': 'timeout', 'process_group': process.pid, 'killed_processes': killed,
+                  'summary': f"killed at its deadline of {deadline:.0f} s with the {killed} processes of its group; "
+                             f"its last output: {last_lines}"}
+    elif result_path.is_file():
+        result = json.loads(result_path.read_text())
+    else:
+        result = {'status': 'fail', 'summary': f"its process ended (exit {process.returncode}) without a result: "
+                                               f"{last_lines}"}
+    result.update(part_seconds=seconds, deadline_s=deadline)
+    return result
+
+
+def skip_reason(ctx, name: str) -> str:
+    """Why a part cannot start now ('' when it can)."""
+    data = ctx.results.get('data')
+    if name in NEEDS_DATA and data is not None and data['status'] != 'pass':
+        return 'no synthetic MSSL to run on (the data part did not finish)'
+    left = ctx.args.budget_s - (time.perf_counter() - ctx.started)
+    if ctx.args.deadlines[name] > left:
+        return (f"its deadline of {ctx.args.deadlines[name]:.0f} s does not fit in the {max(left, 0):.0f} s left of "
+                f"the {ctx.args.budget_s:.0f} s budget")
+    return ''
+
+
 @exit_on_user_error
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -588,41 +744,37 @@ def main(argv=None) -> int:
         (out / 'work').mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {args.out!r} cannot be created: {error.strerror}") from None
+    if args.run_part:
+        run_part_here(Context(args, device, out, environment={}), args.run_part)
+        return 0
     ctx = Context(args, device, out, environment(device, argv))
-    report = {'environment': ctx.env, 'quick': args.quick, 'parts': list(args.parts), 'results': ctx.results}
+    parts = ([] if args.data or (Path(ctx.data) / 'query').is_dir() else ['data']) + list(args.parts)
+    report = {'environment': ctx.env, 'quick': args.quick, 'parts': parts, 'results': ctx.results,
+              'budget_s': args.budget_s, 'deadlines_s': {name: args.deadlines[name] for name in parts}}
 
     def save():
         write_text(str(out / 'gpu_check.json'), json.dumps(report, indent=1, default=str))
         write_text(str(out / 'gpu_check.md'), markdown(report))
 
-    ctx.data = args.data or str(ctx.work / 'mssl_synthetic')
-    if not args.data and not (Path(ctx.data) / 'query').is_dir():
-        from datasets.synthetic_mssl import generate
-        generate(ctx.data, seed=0, overwrite=True, **ctx.sizes.data)
-    print(f"GPU check on {ctx.env.get('gpu', device)}: parts {', '.join(args.parts)}; results in {out}", flush=True)
-    for name in args.parts:
-        if ctx.time_left() <= 0:
-            ctx.results[name] = {'status': 'skipped', 'summary': f'time budget of {args.budget_s:.0f} s used up'}
-            save()
-            continue
-        start = time.perf_counter()
-        print(f"== {name}", flush=True)
-        try:
-            result = globals()[f'part_{name}'](ctx)
-        except (Exception, SystemExit) as error:  # noqa: BLE001 - one broken part must not hide the others
-            (ctx.work / f'{name}.traceback.txt').write_text(traceback.format_exc())
-            first_line = (str(error).splitlines() or [''])[0]
-            what = (f"stopped with exit code {error.code} (its error line is in the output)"
-                    if isinstance(error, SystemExit) else f"{type(error).__name__}: {first_line}")
-            result = {'status': 'fail', 'summary': f"{what} (traceback in work/{name}.traceback.txt)"}
-        result['part_seconds'] = time.perf_counter() - start
-        ctx.results[name] = result
-        print(f"   {result['status']}: {result.get('summary', '')}", flush=True)
+    print(f"GPU check on {ctx.env.get('gpu', device)}: parts {', '.join(parts)} within {args.budget_s:.0f} s; "
+          f"results in {out}", flush=True)
+    save()
+    for name in parts:
+        reason = skip_reason(ctx, name)
+        if reason:
+            ctx.results[name] = {'status': 'skipped', 'summary': reason}
+            print(f"== {name}: skipped: {reason}", flush=True)
+        else:
+            print(f"== {name} (deadline {args.deadlines[name]:.0f} s)", flush=True)
+            ctx.results[name] = run_part(ctx, name, argv)
+            print(f"   {ctx.results[name]['status']}: {ctx.results[name].get('summary', '')}", flush=True)
         save()
     report['total_seconds'] = time.perf_counter() - ctx.started
     save()
-    failed = [name for name, part in ctx.results.items() if part['status'] == 'fail']
-    verdict = f"FAILED: {', '.join(failed)}" if failed else 'no part failed'
+    failed = [name for name, part in ctx.results.items() if part['status'] in ('fail', 'timeout')]
+    skipped = [name for name, part in ctx.results.items() if part['status'] == 'skipped']
+    verdict = (f"FAILED or killed: {', '.join(failed)}" if failed else 'no part failed') + \
+              (f"; skipped: {', '.join(skipped)} (reasons above and in gpu_check.md)" if skipped else '')
     print(f"done in {report['total_seconds']:.0f} s; {verdict}; wrote {out / 'gpu_check.json'} and "
           f"{out / 'gpu_check.md'}")
     return 1 if failed else 0

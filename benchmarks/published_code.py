@@ -84,7 +84,8 @@ def published_packages(repo: str | Path):
 class PublishedEvaluator:
     """The published MSP test path after feature extraction (`utils/metrics.py`): L2 normalisation,
     `euclidean_distance`, `eval_func` with `cfg.TEST.EVAL_MODE` set to the mode. `eval_func` prints a
-    line per query; that output goes to a buffer that is dropped."""
+    line per query; that output goes to a buffer that is dropped. Returns its mAP, CMC and the distance
+    matrix it ranked (so a comparison can rank the very same distances)."""
 
     def __init__(self, repo: str | Path):
         cfg = CfgNode({'TEST': CfgNode({'EVAL_MODE': 'DDC'})})
@@ -106,7 +107,7 @@ class PublishedEvaluator:
         with contextlib.redirect_stdout(io.StringIO()), _quiet_deprecations():
             distmat = self.metrics.euclidean_distance(qf, gf)
             cmc, mean_ap = self.metrics.eval_func(distmat, q_pids, g_pids, q_camids, g_camids)
-        return {'mAP': float(mean_ap), 'cmc': cmc}
+        return {'mAP': float(mean_ap), 'cmc': cmc, 'distmat': distmat}
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from config.defaults import get_defaults
-from config.validate import validate_config
+from config.validate import split_list, validate_config
 from utils.errors import UserError
 
 __all__ = ['load_config', 'get_defaults', 'validate_config']
@@ -43,12 +43,25 @@ def _yacs_message(err: Exception) -> str:
     return text
 
 
+def resolve_dataset_choices(cfg: CN) -> None:
+    """CLIP-ReID's dataset names (`dukemtmc`, `VehicleID`) become this project's, and an empty
+    MODEL.PROMPT_TEMPLATE the training dataset's own template. Unknown names are left for validation."""
+    from datasets import ALIASES, FACTORY  # imported here: datasets imports utils, not config
+    cfg.DATASETS.NAMES = ALIASES.get(cfg.DATASETS.NAMES, cfg.DATASETS.NAMES)
+    test_names = split_list(cfg.DATASETS.TEST_NAMES)
+    if any(name in ALIASES for name in test_names):
+        cfg.DATASETS.TEST_NAMES = ','.join(ALIASES.get(name, name) for name in test_names)
+    if not cfg.MODEL.PROMPT_TEMPLATE and cfg.DATASETS.NAMES in FACTORY:
+        cfg.MODEL.PROMPT_TEMPLATE = FACTORY[cfg.DATASETS.NAMES].prompt_template
+
+
 def load_config(config_file: str = '', opts: list | None = None) -> CN:
-    """Defaults, then the YAML file, then the overrides; validated and frozen."""
+    """Defaults, then the YAML file, then the overrides; dataset choices resolved; validated and frozen."""
     cfg = get_defaults()
     if config_file:
         _merge_yaml(cfg, config_file)
     _merge_opts(cfg, list(opts or []))
+    resolve_dataset_choices(cfg)
     validate_config(cfg)
     cfg.freeze()
     return cfg

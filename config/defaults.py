@@ -30,8 +30,10 @@ _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 3.0
 # Prompt templates; consecutive 'X' words are replaced by learnable per-identity context vectors.
 # The number of fixed tokens before them is derived from the template.
-# 'all' text view (single-prompt CLIP-ReID), 'sky' view (drone images), 'ground' view.
-_C.MODEL.PROMPT_TEMPLATE = 'A photo of a X X X X person.'
+# 'all' text view (single-prompt CLIP-ReID): empty = the training dataset's own, as CLIP-ReID chooses
+# it: 'A photo of a X X X X vehicle.' for veri and vehicleid, 'A photo of a X X X X person.' for the
+# others (the log and the saved config show the one used). 'sky' view (drone images), 'ground' view.
+_C.MODEL.PROMPT_TEMPLATE = ''
 _C.MODEL.PROMPT_TEMPLATE_SKY = 'A sky photo of a X X X X person.'
 _C.MODEL.PROMPT_TEMPLATE_GROUND = 'A ground photo of a X X X X person.'
 # Stage-2 loss = ID_LOSS_WEIGHT * ID + TRIPLET_LOSS_WEIGHT * triplet + sum of image-to-text terms.
@@ -69,8 +71,9 @@ _C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
 # DATASETS
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'market1501' or 'csv'
-# (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
+# 'mssl', 'agreid' (AG-ReID v1), 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', CLIP-ReID's 'market1501',
+# 'msmt17', 'dukemtmcreid' (or CLIP-ReID's name 'dukemtmc'), 'occ_duke', 'veri', 'vehicleid' (or
+# 'VehicleID'), or 'csv' (your own dataset from CSV files). Layouts and protocols: README.md, "Datasets".
 _C.DATASETS.NAMES = 'mssl'
 # Folder holding the dataset's split folders (for MSSL: bounding_box_train, bounding_box_test, query) and,
 # for the datasets that ship them, the protocol lists (for AG-ReID.v2 the outer AG-ReID.v2/ folder).
@@ -81,6 +84,8 @@ _C.DATASETS.ROOT_DIR = 'data/mssl'
 # OUTPUT_DIR/test_<name>/. Empty: evaluate on the training dataset, results in OUTPUT_DIR.
 _C.DATASETS.TEST_NAMES = ''
 _C.DATASETS.TEST_ROOT_DIR = ''
+# VehicleID's test set: the vehicles of train_test_split/test_list_<size>.txt, 800, 1600 or 2400.
+_C.DATASETS.VEHICLEID_TEST_SIZE = 800
 
 # ---------------------------------------------------------------------------------------------
 # DATALOADER
@@ -116,6 +121,12 @@ _C.SOLVER.COMPILE = False
 _C.SOLVER.RESUME = ''
 # Keep only the newest N {MODEL.NAME}_{epoch}.pth weights checkpoints of a run; 0 = keep them all.
 _C.SOLVER.KEEP_CHECKPOINTS = 0
+# Deterministic mode: PyTorch's deterministic algorithms only (an operation without one stops the run,
+# naming it), cuDNN's deterministic kernels without autotuning, and CUBLAS_WORKSPACE_CONFIG ':4096:8'
+# (unless already set), so that two runs with the same seed on the same machine give identical weights.
+# It costs speed (docs/training.md, "Deterministic mode"); off, a run differs from another in about the
+# last digits of its floats, and that grows over epochs.
+_C.SOLVER.DETERMINISTIC = False
 
 # Stage 1: per-identity prompt learning, one text view at a time; encoders frozen; stepped per epoch.
 _C.SOLVER.STAGE1 = CN()
@@ -189,7 +200,8 @@ _C.TEST.RE_RANKING = False
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
-# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths).
+# Also write features_<MODE>.npz (query/gallery features, ids, cameras, views, paths): in testing, and in
+# training at each evaluation (the file then holds the latest one's).
 _C.TEST.SAVE_FEATURES = False
 # Draw ranked lists (OUTPUT_DIR/ranked_<MODE>.png): for VISUALIZE_QUERIES queries per mode (a third
 # of them easy, the rest the hardest, i.e. lowest AP), the top VISUALIZE_TOPK gallery images with a
@@ -197,6 +209,31 @@ _C.TEST.SAVE_FEATURES = False
 _C.TEST.VISUALIZE = False
 _C.TEST.VISUALIZE_QUERIES = 8
 _C.TEST.VISUALIZE_TOPK = 10
+# VehicleID: how many times its gallery (one random image per test vehicle) is drawn, from SOLVER.SEED;
+# each draw is the protocol trial<k>, and results_trials.json / results.md give the mean and sample
+# standard deviation over the draws (CLIP-ReID averages 10).
+_C.TEST.VEHICLEID_TRIALS = 10
+# With TEST.VISUALIZE: under each query of the ranked lists, where the model looks (attention rollout of the
+# class token for ViT, Grad-CAM for CNN image encoders; tools/attention_maps.py draws them for any image).
+_C.TEST.ATTENTION_MAPS = False
+# Where a model fails, computed by the evaluator in its ranking pass: breakdown_<MODE>_cameras.csv (each
+# query camera against the gallery of each camera, after the protocol's removal rule) and its heatmap
+# breakdown_<MODE>_cameras.png, breakdown_<MODE>_views.csv (sky/ground query view x gallery view) and, for
+# MSSL, breakdown_<MODE>_hours.csv (by the hour the query was taken). docs/evaluation.md.
+_C.TEST.BREAKDOWN = True
+# embedding_<MODE>.png: a t-SNE map of the test features of up to EMBEDDING_MAP_IDS identities (colour:
+# identity, marker: sky or ground view, queries outlined).
+_C.TEST.EMBEDDING_MAP = False
+_C.TEST.EMBEDDING_MAP_IDS = 20
+
+# ---------------------------------------------------------------------------------------------
+# LOG
+# ---------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# Write TensorBoard event files to OUTPUT_DIR/tensorboard/ (`tensorboard --logdir OUTPUT_DIR`): the losses
+# and their parts, learning rates, accuracy and every evaluation's metrics, of stage 1 and stage 2; the
+# same numbers as OUTPUT_DIR/metrics.jsonl. Needs the tensorboard package.
+_C.LOG.TENSORBOARD = True
 
 # ---------------------------------------------------------------------------------------------
 # Where logs, stage-1 text features, checkpoints and results go.

@@ -81,7 +81,8 @@ RULES = {
     'MODEL.SIE_CAMERA': _BOOL,
     'MODEL.SIE_VIEW': _BOOL,
     'MODEL.SIE_COE': _NON_NEGATIVE,
-    'MODEL.PROMPT_TEMPLATE': _TEMPLATE,
+    'MODEL.PROMPT_TEMPLATE': ((lambda v: v == '' or _TEMPLATE[0](v)),
+                              "must be empty (the dataset's own) or contain 'X' placeholder words"),
     'MODEL.PROMPT_TEMPLATE_SKY': _TEMPLATE,
     'MODEL.PROMPT_TEMPLATE_GROUND': _TEMPLATE,
     'MODEL.ID_LOSS_WEIGHT': _NON_NEGATIVE,
@@ -105,6 +106,7 @@ RULES = {
     'DATASETS.ROOT_DIR': _NON_EMPTY,
     'DATASETS.TEST_NAMES': _COMMA_LIST,
     'DATASETS.TEST_ROOT_DIR': _COMMA_LIST,
+    'DATASETS.VEHICLEID_TEST_SIZE': _choice((800, 1600, 2400)),
     'DATALOADER.NUM_WORKERS': _int_at_least(0),
     'DATALOADER.NUM_INSTANCE': _int_at_least(1),
     'DATALOADER.SKIP_BAD_IMAGES': _BOOL,
@@ -114,6 +116,7 @@ RULES = {
     'SOLVER.COMPILE': _BOOL,
     'SOLVER.RESUME': _PATH_OR_EMPTY,
     'SOLVER.KEEP_CHECKPOINTS': _int_at_least(0),
+    'SOLVER.DETERMINISTIC': _BOOL,
     'SOLVER.STAGE1.IMS_PER_BATCH': _int_at_least(1),
     'SOLVER.STAGE1.OPTIMIZER_NAME': _choice(OPTIMIZERS),
     'SOLVER.STAGE1.BASE_LR': _POSITIVE,
@@ -157,6 +160,12 @@ RULES = {
     'TEST.VISUALIZE': _BOOL,
     'TEST.VISUALIZE_QUERIES': ((lambda v: _is_int(v) and 1 <= v <= 100), 'must be an integer in [1, 100]'),
     'TEST.VISUALIZE_TOPK': ((lambda v: _is_int(v) and 1 <= v <= 50), 'must be an integer in [1, 50]'),
+    'TEST.VEHICLEID_TRIALS': _int_at_least(1),
+    'LOG.TENSORBOARD': _BOOL,
+    'TEST.ATTENTION_MAPS': _BOOL,
+    'TEST.BREAKDOWN': _BOOL,
+    'TEST.EMBEDDING_MAP': _BOOL,
+    'TEST.EMBEDDING_MAP_IDS': ((lambda v: _is_int(v) and 2 <= v <= 200), 'must be an integer in [2, 200]'),
     'OUTPUT_DIR': _NON_EMPTY,
 }
 
@@ -195,6 +204,9 @@ def _check_cross_key_rules(cfg: CN) -> None:
     if cfg.SOLVER.STAGE1.WARMUP_EPOCHS > cfg.SOLVER.STAGE1.MAX_EPOCHS:
         _fail('SOLVER.STAGE1.WARMUP_EPOCHS', cfg.SOLVER.STAGE1.WARMUP_EPOCHS,
               f'exceeds SOLVER.STAGE1.MAX_EPOCHS ({cfg.SOLVER.STAGE1.MAX_EPOCHS})')
+    if cfg.TEST.ATTENTION_MAPS and not cfg.TEST.VISUALIZE:
+        _fail('TEST.ATTENTION_MAPS', True, 'draws under the queries of the ranked lists: set TEST.VISUALIZE True too '
+              '(tools/attention_maps.py draws them for any images)')
     if cfg.SOLVER.STAGE1.LR_MIN > cfg.SOLVER.STAGE1.BASE_LR:
         _fail('SOLVER.STAGE1.LR_MIN', cfg.SOLVER.STAGE1.LR_MIN, 'exceeds SOLVER.STAGE1.BASE_LR')
     from datasets import FACTORY  # imported here: datasets imports utils, not config
@@ -209,6 +221,20 @@ def _check_cross_key_rules(cfg: CN) -> None:
         _fail('DATASETS.TEST_ROOT_DIR', cfg.DATASETS.TEST_ROOT_DIR,
               f'needs one folder per DATASETS.TEST_NAMES entry ({len(test_names)}), got {len(test_roots)}')
     _check_eval_mode_is_declared(cfg.TEST.EVAL_MODE, test_names or [cfg.DATASETS.NAMES], FACTORY)
+    _check_text_views_fit_the_dataset(cfg, FACTORY[cfg.DATASETS.NAMES])
+
+
+def _check_text_views_fit_the_dataset(cfg: CN, dataset) -> None:
+    """The sky and ground views of the image-to-text terms exist only in datasets whose views are sky
+    and ground (not in VeRi-776's viewpoints or VehicleID's single view)."""
+    if dataset.sky_ground_views:
+        return
+    for key in ('MODEL.I2T_TEXT_VIEWS', 'MODEL.I2T_IMAGE_VIEWS'):
+        views = _get(cfg, key)
+        if any(view != 'all' and weight > 0 for view, weight in zip(views, cfg.MODEL.I2T_LOSS_WEIGHTS)):
+            _fail(key, tuple(views), f"dataset '{dataset.name}' has no sky and ground views: use ('all',) with "
+                  f"MODEL.I2T_TEXT_VIEWS / MODEL.I2T_IMAGE_VIEWS / MODEL.I2T_LOSS_WEIGHTS of one term each "
+                  f"(CLIP-ReID: ('all',) ('all',) (1.0,))")
 
 
 def _check_backbone_options(cfg: CN) -> None:

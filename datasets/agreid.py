@@ -38,6 +38,10 @@ class AGReID(ReIDDataset):
     protocol_names = tuple(MSSL_REMOVAL)
     parse_name = staticmethod(parse_agreid_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'C{camid}'
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train')

@@ -47,6 +47,10 @@ class AGReIDv2(ReIDDataset):
     protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_agreid_v2_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'C{camid}'
+
     def __init__(self, root: str):
         super().__init__(root)
         inner = os.path.join(self.root, INNER_FOLDER)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Hashable
 
 import numpy as np
@@ -45,6 +47,63 @@ def check_root(root: str) -> str:
     return root
 
 
+def locate_dataset_folder(root: str, folders: tuple[str, ...], markers: tuple[str, ...],
+                          dataset: str) -> tuple[str, str]:
+    """(dataset folder, marker): the first of `folders` under `root` ('' = `root` itself) that holds
+    one of the `markers` (a split folder), tried in order. CLIP-ReID's readers take the folder that
+    holds the dataset's own folder (`root/dukemtmcreid/DukeMTMC-reID`); pointing DATASETS.ROOT_DIR at
+    the dataset's own folder works too."""
+    for folder in folders:
+        for marker in markers:
+            if os.path.isdir(os.path.join(root, folder, marker)):
+                return os.path.join(root, folder) if folder else root, marker
+    expected = ' or '.join(os.path.join(root, folder, markers[0]) for folder in folders)
+    raise UserError(f"DATASETS.ROOT_DIR '{root}' holds no {dataset} dataset: expected {expected}")
+
+
+def parse_pid_camera(filename: str, pattern: re.Pattern, dataset: str, example: str,
+                     num_cameras: int | None = None) -> tuple[int, int]:
+    """(pid, 0-based camid) of a file name `<pid>_c<camera>...` that `pattern` (groups: pid, camera)
+    matches from its start; pid -1 marks junk. Cameras count from c1, up to `num_cameras` when given."""
+    name = os.path.basename(filename)
+    match = pattern.match(name)
+    if match is None:
+        raise UserError(f"{dataset} file name '{name}' does not look like {example}")
+    camera = int(match.group(2))
+    if camera < 1 or (num_cameras is not None and camera > num_cameras):
+        known = f"c1-c{num_cameras}" if num_cameras is not None else 'from c1'
+        raise UserError(f"{dataset} file name '{name}' has the unknown camera c{camera} (known: {known})")
+    return int(match.group(1)), camera - 1
+
+
+def read_labelled_list(list_path: str, dataset: str) -> list[tuple[str, int]]:
+    """(image name, identity) of each line `<name> <identity>` of a dataset's list file (MSMT17,
+    VehicleID); blank lines are skipped, anything else stops with the file and line."""
+    if not os.path.isfile(list_path):
+        raise UserError(f"list file '{list_path}' does not exist ({dataset} needs it)")
+    entries = []
+    with open(list_path, encoding='utf-8') as handle:
+        for number, line in enumerate(handle.read().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
+                raise UserError(f"{list_path} line {number}: expected '<image> <identity number>', "
+                                f"got {line.strip()!r}")
+            entries.append((fields[0], int(fields[1])))
+    if not entries:
+        raise UserError(f"list file '{list_path}' names no images")
+    return entries
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """The config values a dataset may need besides its folder (processor/test_sets.dataset_options)."""
+    vehicleid_test_size: int = 800   # DATASETS.VEHICLEID_TEST_SIZE
+    vehicleid_trials: int = 10       # TEST.VEHICLEID_TRIALS
+    seed: int = 0                    # SOLVER.SEED: VehicleID's gallery draws
+
+
 class ReIDDataset:
     """A re-ID dataset: `train`, `query`, `gallery` item lists plus the evaluation protocols it declares.
 
@@ -57,6 +116,11 @@ class ReIDDataset:
     # None when the dataset's files decide (csv).
     protocol_names: tuple[str, ...] | None = None
     num_train_views: int = 2
+    # Its view ids are the vocabulary's GROUND / SKY, so the sky and ground text views apply. False for
+    # datasets whose views are something else (VeRi-776's viewpoints) or a single unnamed view.
+    sky_ground_views: bool = True
+    # The text prompt of its identities when MODEL.PROMPT_TEMPLATE is empty (vehicles: "vehicle").
+    prompt_template: str = 'A photo of a X X X X person.'
 
     train: list[Item]
     query: list[Item]
@@ -70,9 +134,34 @@ class ReIDDataset:
         """(raw pid, camid, viewid) from a file name; raw pid -1 marks a junk image."""
         raise NotImplementedError
 
+    # Datasets whose file names say when an image was taken (MSSL): file name -> hour 0-23, or -1.
+    capture_hour: Callable[[str], int] | None = None
+
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        """The camera's name as the dataset's files write it (for pictures, tables and checkpoints)."""
+        return f'cam{camid}'
+
+    @staticmethod
+    def view_name(viewid: int) -> str:
+        """The view's name in pictures and tables."""
+        return VIEW_NAMES.get(viewid, f'view{viewid}')
+
     def __init__(self, root: str):
         self.root = check_root(root)
         self.protocols: dict[str, Protocol] = {}
+        # Named groups of protocols reported as the mean and sample standard deviation of their members.
+        self.summaries: dict[str, tuple[str, ...]] = {}
+
+    @classmethod
+    def from_options(cls, root: str, options: DatasetOptions) -> 'ReIDDataset':
+        """The dataset at `root`; the datasets that take config values besides the folder override this."""
+        return cls(root)
+
+    @property
+    def view_names(self) -> dict[int, str]:
+        """{view id: name} of the views its items carry (statistics)."""
+        return {view: VIEW_NAMES[view] for view in range(self.num_train_views)}
 
     @property
     def supported_modes(self) -> tuple[str, ...]:
@@ -174,15 +263,17 @@ class ReIDDataset:
         rows = []
         for split, items in (('train', self.train), ('query', self.query), ('gallery', self.gallery)):
             rows.append((split, items))
-            for view, view_name in VIEW_NAMES.items():
-                rows.append((f'  {view_name}', [item for item in items if item[3] == view]))
-        header = f"{'subset':<10}| {'# ids':>6} | {'# images':>9} | {'# cameras':>9}"
+            if len(self.view_names) > 1:
+                for view, view_name in self.view_names.items():
+                    rows.append((f'  {view_name}', [item for item in items if item[3] == view]))
+        width = max(10, *(len(label) + 1 for label, _ in rows))
+        header = f"{'subset':<{width}}| {'# ids':>6} | {'# images':>9} | {'# cameras':>9}"
         rule = '-' * len(header)
         lines = [f"Dataset statistics ({self.name}):", rule, header, rule]
         for label, items in rows:
             num_ids = len({item[1] for item in items})
             num_cams = len({item[2] for item in items})
-            lines.append(f"{label:<10}| {num_ids:>6} | {len(items):>9} | {num_cams:>9}")
+            lines.append(f"{label:<{width}}| {num_ids:>6} | {len(items):>9} | {num_cams:>9}")
         lines.append(rule)
         return '\n'.join(lines)
 

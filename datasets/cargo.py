@@ -42,6 +42,10 @@ class CARGO(ReIDDataset):
     protocol_names = ('MIXED', 'AG', 'A2G', 'G2A', 'A2A', 'G2G')
     parse_name = staticmethod(parse_cargo_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'Cam{camid + 1}'
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('train', nested=True)

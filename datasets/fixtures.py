@@ -1,11 +1,13 @@
-"""Tiny stand-ins for the aerial-ground datasets in their published layouts, for tests and trials.
+"""Tiny stand-ins for the datasets in their published layouts, for tests and trials.
 
     python -m datasets.fixtures NAME OUT_DIR [--train-ids 8] [--test-ids 4] [--seed 0]
 
-NAME: agreid, agreid_v2, cargo, g2aps_reid, lagper or csv. The folders, file names and protocol lists
-follow each download (README.md, "Datasets"); the images are the synthetic people of
-datasets/synthetic_mssl.py, drawn by a ground or a sky camera style. Nothing is downloaded, and the
-output is a deterministic function of the arguments. DATASETS.ROOT_DIR is OUT_DIR for every NAME.
+NAME: agreid, agreid_v2, cargo, g2aps_reid, lagper, csv, or one of CLIP-ReID's market1501, msmt17,
+dukemtmcreid, occ_duke, veri, vehicleid (in the folders CLIP-ReID's readers take, e.g.
+OUT_DIR/dukemtmcreid/DukeMTMC-reID/). The folders, file names and lists follow each download (README.md,
+"Datasets"); the images are the synthetic people of datasets/synthetic_mssl.py, drawn by a ground or a
+sky camera style (the vehicle sets reuse them). Nothing is downloaded, and the output is a deterministic
+function of the arguments. DATASETS.ROOT_DIR is OUT_DIR for every NAME.
 """
 from __future__ import annotations
 
@@ -182,8 +184,141 @@ def write_csv(out: str, train_ids: int, test_ids: int, seed: int) -> None:
         '  G2S: {query: {view: ground}, gallery: {view: sky}, removal: same_camera}'])
 
 
+def _single_view_test_shots(test_ids: int, cameras: int) -> list[tuple[int, str, int]]:
+    """(test identity number, split, camera) of the CLIP-ReID person fixtures' test images: a query and
+    two gallery images in other cameras per identity, plus one gallery image in the query's own camera
+    (removed when evaluating); the last identity's gallery is in the query's camera only, so its
+    query has no positive (it is not a valid query)."""
+    shots = []
+    for number in range(test_ids):
+        query_camera = 1 + number % cameras
+        others = [1 + (number + k) % cameras for k in (1, 2)]
+        gallery = [query_camera] if number == test_ids - 1 else [*others, query_camera]
+        shots += [(number, 'query', query_camera)] + [(number, 'gallery', camera) for camera in gallery]
+    return shots
+
+
+def _write_market_style(out: str, folder: str, train_ids: int, test_ids: int, seed: int, cameras: int,
+                        name) -> _Painter:
+    """bounding_box_train / query / bounding_box_test of `folder`; `name(pid, camera, frame)` names a file.
+    The gallery also holds a distractor (an identity seen only there)."""
+    paint = _Painter(seed)
+    for pid in range(1, train_ids + 1):
+        for frame in range(4):
+            camera = 1 + (pid + frame) % cameras
+            paint.save(os.path.join(out, folder, 'bounding_box_train', name(pid, camera, frame)), pid, False, camera)
+    split_folder = {'query': 'query', 'gallery': 'bounding_box_test'}
+    for frame, (number, split, camera) in enumerate(_single_view_test_shots(test_ids, cameras)):
+        pid = 100 + number
+        paint.save(os.path.join(out, folder, split_folder[split], name(pid, camera, 100 + frame)), pid, False, camera)
+    paint.save(os.path.join(out, folder, 'bounding_box_test', name(999, 1, 999)), 999, False, 1)
+    return paint
+
+
+def write_market1501(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """Market-1501 in OUT/Market-1501-v15.09.15 (CLIP-ReID's folder); a junk image (-1) in the gallery."""
+    def name(pid, camera, frame):
+        return f"{'-1' if pid < 0 else f'{pid:04d}'}_c{camera}s1_{frame:06d}_00.jpg"
+    paint = _write_market_style(out, 'Market-1501-v15.09.15', train_ids, test_ids, seed, 6, name)
+    paint.save(os.path.join(out, 'Market-1501-v15.09.15', 'bounding_box_test', name(-1, 2, 998)), 998, False, 2)
+
+
+def _duke_name(pid: int, camera: int, frame: int) -> str:
+    return f'{pid:04d}_c{camera}_f{frame:07d}.jpg'
+
+
+def write_dukemtmcreid(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """DukeMTMC-reID in OUT/dukemtmcreid/DukeMTMC-reID (CLIP-ReID's folders), cameras c1-c8."""
+    _write_market_style(out, os.path.join('dukemtmcreid', 'DukeMTMC-reID'), train_ids, test_ids, seed, 8, _duke_name)
+
+
+def write_occ_duke(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """Occluded-Duke in OUT/dukemtmcreid/Occluded_Duke (CLIP-ReID's folders), cameras c1-c8."""
+    _write_market_style(out, os.path.join('dukemtmcreid', 'Occluded_Duke'), train_ids, test_ids, seed, 8, _duke_name)
+
+
+def write_msmt17(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """MSMT17 (V1 layout) in OUT/MSMT17: train/<id>/ and test/<id>/, list_train.txt, list_val.txt (one
+    more image of each training identity), list_query.txt, list_gallery.txt. Identities are numbered
+    from 0 in train and again in test, as in the release."""
+    paint, folder = _Painter(seed), os.path.join(out, 'MSMT17')
+    lists = {'list_train.txt': [], 'list_val.txt': [], 'list_query.txt': [], 'list_gallery.txt': []}
+
+    def save(split: str, list_file: str, pid: int, camera: int, frame: int, person: int) -> None:
+        relative = f'{pid:04d}/{pid:04d}_{frame:03d}_{camera:02d}_0303morning_{frame:04d}_0.jpg'
+        paint.save(os.path.join(folder, split, relative), person, False, camera)
+        lists[list_file].append(f'{relative} {pid}')
+
+    for pid in range(train_ids):
+        for frame in range(4):
+            save('train', 'list_train.txt', pid, 1 + (pid + frame) % 15, frame, pid)
+        save('train', 'list_val.txt', pid, 1 + (pid + 7) % 15, 4, pid)
+    for frame, (pid, split, camera) in enumerate(_single_view_test_shots(test_ids, 15)):
+        save('test', f'list_{split}.txt', pid, camera, 10 + frame, 1000 + pid)
+    for list_file, lines in lists.items():
+        _write_list(os.path.join(folder, list_file), lines)
+
+
+def write_veri(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """VeRi-776 in OUT/VeRi: image_train, image_query, image_test (each query image is in image_test
+    too, as in the release), 20 cameras, and the viewpoint files keypoint_train.txt / keypoint_test.txt
+    (viewpoints 0-7) that leave out one training and one test image; a junk image (-1) in image_test."""
+    paint, folder = _Painter(seed), os.path.join(out, 'VeRi')
+    keypoints = {'keypoint_train.txt': [], 'keypoint_test.txt': []}
+    count = 0
+
+    def save(split: str, vehicle: int, camera: int, annotated: bool = True) -> None:
+        nonlocal count
+        name = f"{'-1' if vehicle < 0 else f'{vehicle:04d}'}_c{camera:03d}_{1000 * count:08d}_0.jpg"
+        paint.save(os.path.join(folder, split, name), abs(vehicle), False, camera)
+        if annotated and split != 'image_query':
+            file = 'keypoint_train.txt' if split == 'image_train' else 'keypoint_test.txt'
+            keypoints[file].append(f"VeRi/{split}/{name} {' '.join(['-1'] * 40)} {count % 8}")
+        count += 1
+
+    for vehicle in range(1, train_ids + 1):
+        for shot in range(4):
+            save('image_train', vehicle, 1 + (vehicle + 3 * shot) % 20, annotated=(vehicle, shot) != (1, 3))
+    for number, split, camera in _single_view_test_shots(test_ids, 20):
+        vehicle = 500 + number
+        if split == 'query':
+            save('image_query', vehicle, camera)
+            count -= 1  # the same image again in image_test
+        save('image_test', vehicle, camera, annotated=(number, split, camera) != (0, 'gallery', 2))
+    save('image_test', -1, 5)
+    for file, lines in keypoints.items():
+        _write_list(os.path.join(folder, file), lines)
+
+
+def write_vehicleid(out: str, train_ids: int, test_ids: int, seed: int) -> None:
+    """VehicleID in OUT/VehicleID_V1.0: image/<7-digit name>.jpg and train_test_split/ with train_list.txt
+    and test_list_800.txt (test-ids vehicles), test_list_1600.txt (twice as many), test_list_2400.txt
+    (three times). A test vehicle has 2 to 4 images, except every fourth, which has one (gallery only)."""
+    paint, folder = _Painter(seed), os.path.join(out, 'VehicleID_V1.0')
+    count = 0
+
+    def save(vehicle: int, images: int) -> list[str]:
+        nonlocal count
+        lines = []
+        for _ in range(images):
+            count += 1
+            paint.save(os.path.join(folder, 'image', f'{count:07d}.jpg'), vehicle, False, count % 6)
+            lines.append(f'{count:07d} {vehicle}')
+        return lines
+
+    train = [line for vehicle in range(1, train_ids + 1) for line in save(2 * vehicle, 4)]
+    test = [save(2 * number + 1, 1 if number % 4 == 3 else 2 + number % 3) for number in range(3 * test_ids)]
+    split = os.path.join(folder, 'train_test_split')
+    os.makedirs(split, exist_ok=True)
+    _write_list(os.path.join(split, 'train_list.txt'), train)
+    for size, vehicles in ((800, test_ids), (1600, 2 * test_ids), (2400, 3 * test_ids)):
+        _write_list(os.path.join(split, f'test_list_{size}.txt'), [line for lines in test[:vehicles] for line in lines])
+
+
 WRITERS = {'agreid': write_agreid, 'agreid_v2': write_agreid_v2, 'cargo': write_cargo,
-           'g2aps_reid': write_g2aps_reid, 'lagper': write_lagper, 'csv': write_csv}
+           'g2aps_reid': write_g2aps_reid, 'lagper': write_lagper, 'csv': write_csv,
+           'market1501': write_market1501, 'msmt17': write_msmt17, 'dukemtmcreid': write_dukemtmcreid,
+           'occ_duke': write_occ_duke, 'veri': write_veri, 'vehicleid': write_vehicleid}
 
 
 def generate(name: str, out_dir: str, train_ids: int = 8, test_ids: int = 4, seed: int = 0) -> str:
@@ -201,7 +336,7 @@ def generate(name: str, out_dir: str, train_ids: int = 8, test_ids: int = 4, see
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description='Write a tiny aerial-ground dataset in its published layout.')
+    parser = argparse.ArgumentParser(description='Write a tiny dataset in its published layout.')
     parser.add_argument('name', help=f"one of {', '.join(WRITERS)}")
     parser.add_argument('out_dir', help='a new or empty folder; use it as DATASETS.ROOT_DIR')
     parser.add_argument('--train-ids', type=int, default=8)

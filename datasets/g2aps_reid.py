@@ -36,6 +36,10 @@ class G2APSReID(ReIDDataset):
     protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_g2aps_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return 'c0' if camid == 0 else 'c3'  # every ground camera number reads as camera 1
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train', nested=True)

@@ -41,6 +41,10 @@ class LAGPeR(ReIDDataset):
     protocol_names = tuple(PROTOCOL_LISTS)
     parse_name = staticmethod(parse_lagper_name)
 
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 2 if camid + 1 >= MISSING_CAMERA else camid + 1}'
+
     def __init__(self, root: str):
         super().__init__(root)
         train = self._read_split('bounding_box_train', nested=True)

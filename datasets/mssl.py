@@ -14,6 +14,7 @@ SKY_CAMERAS = (4, 5, 9, 10, 14, 15)
 CAMERA_VIEW = {**{cam: GROUND for cam in GROUND_CAMERAS}, **{cam: SKY for cam in SKY_CAMERAS}}
 
 _CAMERA_FIELD = re.compile(r'c(\d+)')
+_TIME_FIELD = re.compile(r'(\d{2})(\d{2})(am|pm)')
 
 
 def parse_mssl_name(filename: str) -> tuple[int, int, int]:
@@ -42,6 +43,16 @@ def parse_mssl_name(filename: str) -> tuple[int, int, int]:
     return pid, camera - 1, CAMERA_VIEW[camera]
 
 
+def parse_mssl_hour(filename: str) -> int:
+    """The hour of capture (0-23) that an MSSL file name's second field gives (`0909am` -> 9, `0325pm` -> 15,
+    `1210pm` -> 12), or -1 when the field is not a time."""
+    fields = os.path.splitext(os.path.basename(filename))[0].split('_')
+    match = _TIME_FIELD.fullmatch(fields[1]) if len(fields) > 1 else None
+    if match is None or not 1 <= int(match.group(1)) <= 12 or int(match.group(2)) > 59:
+        return -1
+    return int(match.group(1)) % 12 + (12 if match.group(3) == 'pm' else 0)
+
+
 class MSSL(ReIDDataset):
     """MSSL under `root`: bounding_box_train, query, bounding_box_test.
 
@@ -53,6 +64,11 @@ class MSSL(ReIDDataset):
     name = 'mssl'
     protocol_names = tuple(MSSL_REMOVAL)
     parse_name = staticmethod(parse_mssl_name)
+    capture_hour = staticmethod(parse_mssl_hour)
+
+    @staticmethod
+    def camera_name(camid: int) -> str:
+        return f'c{camid + 1:02d}'
 
     def __init__(self, root: str):
         super().__init__(root)

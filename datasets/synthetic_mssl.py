@@ -420,7 +420,10 @@ def _occlude(rng: np.random.Generator, img: np.ndarray, sky: bool) -> None:
     img[mask] = (colour * texture)[mask]
 
 
-def _render(rng: np.random.Generator, ident: Identity, cam: CameraStyle) -> Image.Image:
+def _render(rng: np.random.Generator, ident: Identity, cam: CameraStyle,
+            person_mask: list | None = None) -> Image.Image:
+    """The identity as the camera sees it; `person_mask`, when given, receives the [H, W] bool mask of
+    where the figure is drawn (its shadow and any occluder aside)."""
     width, height = cam.size
     big_w, big_h = width * SUPERSAMPLE, height * SUPERSAMPLE
     canvas = Image.fromarray(_background(rng, cam, width, height).astype(np.uint8)).convert('RGBA')
@@ -429,7 +432,10 @@ def _render(rng: np.random.Generator, ident: Identity, cam: CameraStyle) -> Imag
         canvas.alpha_composite(shadow.resize((width, height), Image.BILINEAR))
     else:
         person = _draw_ground_person(rng, ident, big_w, big_h)
-    canvas.alpha_composite(person.resize((width, height), Image.LANCZOS))
+    person = person.resize((width, height), Image.LANCZOS)
+    if person_mask is not None:
+        person_mask.append(np.asarray(person.getchannel('A')) >= 128)
+    canvas.alpha_composite(person)
     img = canvas.convert('RGB')
     blur = cam.blur * rng.uniform(0.6, 1.4)
     if blur > 0.15:
@@ -441,6 +447,21 @@ def _render(rng: np.random.Generator, ident: Identity, cam: CameraStyle) -> Imag
     cast = np.array(cam.cast, dtype=np.float32) * rng.uniform(0.95, 1.05, size=3).astype(np.float32)
     arr = arr * light * cast + rng.normal(0.0, cam.noise, size=arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
+
+
+def people_with_masks(count: int, seed: int = 0) -> list[tuple[Image.Image, np.ndarray, int]]:
+    """`count` rendered people, alternately seen by a ground and a sky camera, each with the bool mask of
+    where the figure is drawn and the camera number: for checking what a model looks at."""
+    rng = np.random.default_rng(seed)
+    cameras = _sample_cameras(rng)
+    people = []
+    for index in range(count):
+        view_cameras = SKY_CAMERAS if index % 2 else GROUND_CAMERAS
+        camera = view_cameras[index // 2 % len(view_cameras)]
+        mask: list = []
+        image = _render(rng, _sample_identity(rng, index + 1), cameras[camera], mask)
+        people.append((image, mask[0], camera))
+    return people
 
 
 def _file_name(pid: int, time: str, group: int, members: list[int], camera: int, index: int) -> str:

@@ -12,10 +12,13 @@ between protocols that rank the same query against the same gallery.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evaluation.breakdown import PAIRINGS, PairTable
 from utils.errors import UserError
 from utils.vocabulary import (MSSL_QUERY_VIEW, MSSL_REMOVAL, REMOVAL_RULES, SAME_CAMERA,
                               SAME_VIEW)
@@ -116,7 +119,8 @@ class _GalleryGroups:
 
 
 def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: torch.Tensor,
-                         cand_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                         cand_valid: torch.Tensor, groups: _GalleryGroupsByLabel | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Position of each same-pid candidate in its row's stable ascending order, found by counting.
 
     cand_dist / cand_idx / cand_valid: [B, M] candidates in stable (distance, gallery index) order,
@@ -125,6 +129,10 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     candidate: then the row's items equal to each candidate are counted, or, where candidates
     also tie with each other, the row is flagged for a real sort. Independent of the removal rule, so
     one call serves every protocol that ranks this query.
+
+    With `groups` (for the breakdowns), the same histogram is kept per gallery group, which also gives
+    [B, M, G]: how many items of each group precede each candidate. Rows flagged for a real sort get
+    theirs from `_positions_by_sorting`.
     """
     batch, width = cand_dist.shape
     device = dist.device
@@ -140,8 +148,15 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     num_bins = 2 * width + 1
     offset = (torch.arange(batch, device=device, dtype=torch.int32) * num_bins).unsqueeze(1)
     bucket += offset
-    hist = torch.bincount(bucket.view(-1), minlength=batch * num_bins)
-    at_most = torch.cumsum(hist.view(batch, num_bins), dim=1)[:, :-1]
+    block = batch * num_bins
+    if groups is None:
+        hist = torch.bincount(bucket.view(-1), minlength=block)
+        at_most = torch.cumsum(hist.view(batch, num_bins), dim=1)[:, :-1]
+    else:  # one histogram per gallery group: one more in-place add, keys (group, row, bin)
+        bucket += groups.of_gallery * block
+        hist = torch.bincount(bucket.view(-1), minlength=block * groups.count)
+        at_most_by_group = torch.cumsum(hist.view(groups.count, batch, num_bins), dim=2)[:, :, :-1]  # [G, B, 2M]
+        at_most = at_most_by_group.sum(0)
     slot = torch.arange(width, device=device)
     starts_group = torch.ones_like(cand_valid)
     starts_group[:, 1:] = cand_dist[:, 1:] != cand_dist[:, :-1]
@@ -151,6 +166,13 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
     tied_candidates = ((cand_dist.unsqueeze(2) == cand_dist.unsqueeze(1))
                        & cand_valid.unsqueeze(1)).sum(2)
     positions = less + (slot - first)
+    by_group = None
+    if groups is not None:
+        less_by_group = at_most_by_group[:, :, 0::2].gather(2, first.expand(groups.count, -1, -1)).permute(1, 2, 0)
+        first_of = first.unsqueeze(2).expand(-1, -1, groups.count)
+        in_group = groups.one_hot(cand_idx, cand_valid)
+        before = torch.cumsum(in_group, 1) - in_group  # candidates of each group in earlier slots
+        by_group = less_by_group + before - before.gather(1, first_of)
     other_tie = ((less_equal - less > tied_candidates) & cand_valid).any(1)
     candidate_tie = ((tied_candidates > 1) & cand_valid).any(1)
     scan = other_tie & ~candidate_tie
@@ -159,22 +181,60 @@ def _candidate_positions(dist: torch.Tensor, cand_dist: torch.Tensor, cand_idx: 
         # those with a smaller gallery index than the candidate's. About 1 row in 25 at MSSL
         # scale in float32, too many to sort each.
         rows = scan.nonzero().squeeze(1)
-        row_bucket = bucket[rows] - offset[rows]
+        row_bucket = bucket[rows] % block - offset[rows]
         equal_to = torch.div(row_bucket, 2, rounding_mode='floor').clamp_(max=width - 1).long()
         gallery_index = torch.arange(dist.shape[1], device=device)
-        tied_before = (row_bucket % 2 == 1) & (gallery_index < cand_idx[rows].gather(1, equal_to))
+        tied_before = ((row_bucket % 2 == 1) & (gallery_index < cand_idx[rows].gather(1, equal_to))).long()
         ties = torch.zeros(len(rows), width, dtype=torch.int64, device=device)
-        positions[rows] += ties.scatter_add_(1, equal_to, tied_before.long())
-    return positions, other_tie & candidate_tie
+        positions[rows] += ties.scatter_add_(1, equal_to, tied_before)
+        if groups is not None:
+            ties = torch.zeros(len(rows), width * groups.count, dtype=torch.int64, device=device)
+            ties.scatter_add_(1, equal_to * groups.count + groups.of_gallery, tied_before)
+            by_group[rows] += ties.view(len(rows), width, groups.count)
+    return positions, other_tie & candidate_tie, by_group
 
 
-def _positions_by_sorting(dist: torch.Tensor, cand_idx: torch.Tensor) -> torch.Tensor:
-    """Exact positions of the candidates in a stable ascending sort of their rows."""
+def _positions_by_sorting(dist: torch.Tensor, cand_idx: torch.Tensor, groups: _GalleryGroupsByLabel | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exact positions of the candidates in a stable ascending sort of their rows, and with `groups`
+    how many items of each gallery group precede each candidate ([B, M, G])."""
     batch, num_gallery = dist.shape
     order = torch.sort(dist, dim=1, stable=True).indices
     position = torch.empty_like(order)
     position.scatter_(1, order, torch.arange(num_gallery, device=dist.device).expand(batch, -1))
-    return position.gather(1, cand_idx)
+    cand_position = position.gather(1, cand_idx)
+    if groups is None:
+        return cand_position, None
+    ahead = (position.unsqueeze(1) < cand_position.unsqueeze(2)).double()  # [B, M, Ng]; few rows get here
+    member = F.one_hot(groups.of_gallery.long(), groups.count).double()
+    return cand_position, torch.matmul(ahead, member).round().long()
+
+
+class _GalleryGroupsByLabel:
+    """The gallery split into groups, one per (camera, view) pair present, for the breakdowns: every
+    pairing (evaluation/breakdown.PAIRINGS) puts each group in one of its gallery columns, and each query
+    in one of its rows."""
+
+    def __init__(self, labels: dict, num_query: int, num_gallery: int, device: torch.device):
+        """labels: {'q_camids', 'g_camids', 'q_views', 'g_views': 1-D label arrays or tensors}."""
+        tensors = {key: _labels(values, key, num_query if key.startswith('q') else num_gallery, device)
+                   for key, values in labels.items()}
+        cameras, views = tensors['g_camids'], tensors['g_views']
+        lowest_view, num_views = views.min(), views.max() - views.min() + 1
+        keys, of_gallery = torch.unique((cameras * num_views + views - lowest_view), return_inverse=True)
+        pairs = torch.stack((torch.div(keys, num_views, rounding_mode='floor'), keys % num_views + lowest_view), 1)
+        self.of_gallery = of_gallery.to(torch.int32)
+        self.count = len(pairs)
+        self.pairings = {}  # name -> (query rows, gallery columns, row of each query, column of each group)
+        for column, (name, label) in enumerate(PAIRINGS.items()):
+            gallery_groups, column_of = torch.unique(pairs[:, column], return_inverse=True)
+            query_groups, row_of = torch.unique(tensors[f'q_{label}'], return_inverse=True)
+            self.pairings[name] = (query_groups, gallery_groups, row_of, column_of)
+
+    def one_hot(self, cand_idx: torch.Tensor, cand_valid: torch.Tensor) -> torch.Tensor:
+        """[B, M, G] int64: 1 where candidate m is a valid item of group g."""
+        group = self.of_gallery[cand_idx].long()
+        return (F.one_hot(group, self.count) * cand_valid.unsqueeze(2)).long()
 
 
 def query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Tensor,
@@ -190,7 +250,8 @@ def query_distances(q_chunk: torch.Tensor, q_sq: torch.Tensor, gallery: torch.Te
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode: str,
              max_rank: int = 50, chunk_size: int = 1024, device=None, feat_norm: bool = True,
-             distmat=None, return_per_query: bool = False, removal: str | None = None) -> dict:
+             distmat=None, return_per_query: bool = False, removal: str | None = None,
+             breakdown: bool = False) -> dict:
     """CMC / mAP / mINP of protocol `mode` for queries that are already the protocol's subset.
 
     `removal` (utils/vocabulary.py) says which gallery items are removed for a query:
@@ -200,13 +261,16 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, mode:
     `device` (default: the features' device), `chunk_size` queries at a time; peak memory is
     about 3 * chunk_size * num_gallery * 4 bytes on top of the features. `distmat` ([Nq, Ng],
     e.g. from re-ranking) replaces the feature distances when given (qf/gf are then ignored).
-    With `return_per_query`, the result also holds 'per_query_ap' (float64, one per counted query)
-    and 'valid_query_index' (int64, the index of each counted query among the given ones).
+    With `return_per_query`, the result also holds 'per_query_ap' (float64, one per counted query),
+    'first_hit_rank' (int64, the 0-based rank of its first positive) and 'valid_query_index' (int64,
+    the index of each counted query among the given ones). With `breakdown`, 'breakdown' holds
+    {'cameras', 'views': evaluation.breakdown.PairTable}: the metrics of each query camera (view)
+    against the gallery restricted to each camera (view), from the same ranking.
     """
     return evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views,
                               [(mode, None, removal)], max_rank=max_rank, chunk_size=chunk_size,
                               device=device, feat_norm=feat_norm, distmat=distmat,
-                              return_per_query=return_per_query)[mode]
+                              return_per_query=return_per_query, breakdown=breakdown)[mode]
 
 
 def _protocol_rows(protocols, num_query: int) -> list:
@@ -235,18 +299,23 @@ def _protocol_rows(protocols, num_query: int) -> list:
 class _ProtocolTotals:
     """One protocol's running sums over the chunks of queries."""
 
-    def __init__(self, name: str, rows: np.ndarray, removal: str, hist_len: int, device):
+    def __init__(self, name: str, rows: np.ndarray, removal: str, hist_len: int, device,
+                 groups: _GalleryGroupsByLabel | None = None):
         self.name, self.rows, self.removal = name, rows, removal
         self.first_hit_hist = torch.zeros(hist_len + 1, dtype=torch.int64, device=device)
         self.ap_sum = self.inp_sum = 0.0
         self.num_valid = 0
-        self.per_query_ap, self.valid_index = [], []
+        self.per_query_ap, self.first_hit, self.valid_index = [], [], []
+        # Per pairing: [rows, columns] float64 sums of (valid queries, AP, first hits).
+        self.pairs = {} if groups is None else {
+            name: torch.zeros(3, len(query_groups), len(gallery_groups), dtype=torch.float64, device=device)
+            for name, (query_groups, gallery_groups, _, _) in groups.pairings.items()}
 
 
 def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_views, protocols,
                        max_rank: int = 50, chunk_size: int = 1024, device=None,
                        feat_norm: bool = True, distmat=None,
-                       return_per_query: bool = False) -> dict:
+                       return_per_query: bool = False, breakdown: bool = False) -> dict:
     """Several protocols over one gallery from one pass: {name: the dict `evaluate` returns}.
 
     `protocols` is a list of (name, query rows, removal rule): the rows (indices into qf, or None
@@ -274,6 +343,10 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
     if SAME_VIEW in rules:
         attributes[SAME_VIEW] = (_labels(q_views, 'q_views', num_query, device),
                                  _labels(g_views, 'g_views', num_gallery, device))
+    groups = None
+    if breakdown:
+        groups = _GalleryGroupsByLabel(dict(q_camids=q_camids, g_camids=g_camids, q_views=q_views,
+                                            g_views=g_views), num_query, num_gallery, device)
 
     if distmat is not None:
         distmat = _float_matrix(distmat, 'distmat', None)  # stays put; chunks move to `device`
@@ -303,14 +376,14 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
     union = np.unique(np.concatenate([rows for _, rows, _ in protocols]))
     union_t = torch.from_numpy(union).to(device)
     hist_len = max(max_rank, 10)
-    totals = [_ProtocolTotals(name, rows, rule, hist_len, device) for name, rows, rule in protocols]
+    totals = [_ProtocolTotals(name, rows, rule, hist_len, device, groups) for name, rows, rule in protocols]
     member = []  # per protocol: position of each union query in the protocol's rows, or -1
     for total in totals:
         where = np.full(len(union), -1, dtype=np.int64)
         where[np.searchsorted(union, total.rows)] = np.arange(len(total.rows))
         member.append(torch.from_numpy(where).to(device))
 
-    groups = _GalleryGroups(g_pid)
+    by_pid = _GalleryGroups(g_pid)
     for start in range(0, len(union), chunk_size):
         rows = union_t[start:start + chunk_size]
         if distmat is None:
@@ -318,34 +391,45 @@ def evaluate_protocols(qf, gf, q_pids, g_pids, q_camids, g_camids, q_views, g_vi
         else:
             dist = distmat[rows.to(distmat.device)].to(device)
 
-        cand_idx, cand_valid = groups.candidates(q_pid[rows])
+        cand_idx, cand_valid = by_pid.candidates(q_pid[rows])
         if cand_idx.shape[1] == 0:
             continue
         cand_dist, order = torch.sort(torch.where(cand_valid, dist.gather(1, cand_idx), float('inf')),
                                       dim=1, stable=True)
         cand_idx, cand_valid = cand_idx.gather(1, order), cand_valid.gather(1, order)
-        positions, needs_sort = _candidate_positions(dist, cand_dist, cand_idx, cand_valid)
+        positions, needs_sort, by_group = _candidate_positions(dist, cand_dist, cand_idx, cand_valid, groups)
         if bool(needs_sort.any()):
             sorted_rows = needs_sort.nonzero().squeeze(1)
-            positions[sorted_rows] = _positions_by_sorting(dist[sorted_rows], cand_idx[sorted_rows])
+            positions[sorted_rows], sorted_by_group = _positions_by_sorting(dist[sorted_rows], cand_idx[sorted_rows],
+                                                                            groups)
+            if groups is not None:
+                by_group[sorted_rows] = sorted_by_group
+        if groups is not None:
+            with _one_thread_on_cpu(device):
+                columns = _candidate_columns(groups, by_group, cand_idx, cand_valid)
 
         for total, where in zip(totals, member):
             index = where[start:start + chunk_size]
             local = (index >= 0).nonzero().squeeze(1)
             if local.numel():
-                _score_chunk(total, index[local], rows[local], positions[local], cand_idx[local],
-                             cand_valid[local], attributes.get(total.removal), return_per_query)
+                junk = _score_chunk(total, index[local], rows[local], positions[local], cand_idx[local],
+                                    cand_valid[local], attributes.get(total.removal), return_per_query)
+                if groups is not None:
+                    with _one_thread_on_cpu(device):
+                        local_columns = {name: tuple(part[local] for part in parts) for name, parts in columns.items()}
+                        _score_pairs(total, groups, rows[local], local_columns, cand_valid[local] & ~junk, junk)
 
     results = {}
     for total in totals:
-        results[total.name] = _summary(total, num_gallery, max_rank, return_per_query)
+        results[total.name] = _summary(total, num_gallery, max_rank, return_per_query, groups)
     return results
 
 
 def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor,
                  positions: torch.Tensor, cand_idx: torch.Tensor, cand_valid: torch.Tensor,
-                 attribute, return_per_query: bool) -> None:
-    """Add the AP, INP and first hit of some queries of one protocol to its totals.
+                 attribute, return_per_query: bool) -> torch.Tensor:
+    """Add the AP, INP and first hit of some queries of one protocol to its totals; return which
+    candidates the removal rule removes (junk).
 
     positions: stable positions of the candidates in the full row, ascending along each row; a
     positive's rank among the kept items is its position minus the junk candidates before it.
@@ -359,7 +443,7 @@ def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor
     num_pos = positive.sum(1)
     valid = num_pos > 0
     if not bool(valid.any()):
-        return
+        return junk
     junk_before = torch.cumsum(junk, 1) - junk.long()
     ranks = (positions - junk_before)[valid].double()
     positive, count = positive[valid], num_pos[valid]
@@ -375,10 +459,80 @@ def _score_chunk(total: _ProtocolTotals, index: torch.Tensor, rows: torch.Tensor
     total.num_valid += int(valid.sum())
     if return_per_query:
         total.per_query_ap.append(ap.cpu().numpy())
+        total.first_hit.append(first.cpu().numpy())
         total.valid_index.append(index[valid].cpu().numpy())
+    return junk
 
 
-def _summary(total: _ProtocolTotals, num_gallery: int, max_rank: int, return_per_query: bool) -> dict:
+@contextmanager
+def _one_thread_on_cpu(device: torch.device):
+    """The breakdowns' many small operations per chunk run on one CPU thread. Split over several, each
+    waits for all of them, which on a busy machine can cost a scheduler tick per operation."""
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _candidate_columns(groups: _GalleryGroupsByLabel, by_group: torch.Tensor, cand_idx: torch.Tensor,
+                       cand_valid: torch.Tensor) -> dict:
+    """What every protocol's breakdown needs of a chunk, per pairing: each candidate's gallery column
+    [B, M], how many of its column's items precede it in the full stable order [B, M], and which earlier
+    candidates share its column [B, M, M]."""
+    in_group = groups.of_gallery[cand_idx].long()
+    earlier = torch.ones(cand_idx.shape[1], cand_idx.shape[1], dtype=torch.bool, device=cand_idx.device).tril(-1)
+    columns = {}
+    counts = by_group.double()  # exact: counts stay far below 2**53
+    for name, (_, gallery_groups, _, column_of) in groups.pairings.items():
+        column = column_of[in_group]
+        member = F.one_hot(column_of, len(gallery_groups)).double()  # [G, columns]
+        ahead = torch.matmul(counts, member).gather(2, column.unsqueeze(2)).squeeze(2).long()
+        shared = (column.unsqueeze(2) == column.unsqueeze(1)) & earlier & cand_valid.unsqueeze(1)
+        columns[name] = (column, ahead, shared)
+    return columns
+
+
+def _score_pairs(total: _ProtocolTotals, groups: _GalleryGroupsByLabel, rows: torch.Tensor, columns: dict,
+                 positive: torch.Tensor, junk: torch.Tensor) -> None:
+    """Add some queries' AP and first hit against each gallery column to the protocol's breakdowns.
+
+    Restricted to a column, a positive's rank is the number of the column's items ahead of it in the full
+    stable order minus the column's junk candidates before it.
+    """
+    for name, (column, ahead, shared) in columns.items():
+        _, gallery_groups, row_of, _ = groups.pairings[name]
+        rank = (ahead - (shared & junk.unsqueeze(1)).sum(2)).double()
+        ordinal = (shared & positive.unsqueeze(1)).sum(2) + 1  # 1-based among the column's positives
+        precision = torch.where(positive, ordinal / (rank + 1), 0.0)
+        shape = (len(rows), len(gallery_groups))
+        count = torch.zeros(shape, dtype=torch.float64, device=rank.device).scatter_add_(1, column, positive.double())
+        ap_sum = torch.zeros_like(count).scatter_add_(1, column, precision)
+        first_hit = torch.zeros_like(count).scatter_add_(1, column, (positive & (rank == 0)).double())
+        valid = count > 0
+        sums = torch.stack((valid.double(), torch.where(valid, ap_sum / count.clamp(min=1), 0.0), first_hit))
+        total.pairs[name].index_add_(1, row_of[rows], sums)
+
+
+def _pair_tables(total: _ProtocolTotals, groups: _GalleryGroupsByLabel) -> dict:
+    tables = {}
+    for name, (query_groups, gallery_groups, row_of, _) in groups.pairings.items():
+        queries = torch.bincount(row_of[torch.from_numpy(total.rows).to(row_of.device)],
+                                 minlength=len(query_groups)).cpu().numpy()
+        present = queries > 0  # the query groups of this protocol
+        valid, ap_sum, hits = total.pairs[name].cpu().numpy()[:, present]
+        tables[name] = PairTable(query_groups=query_groups.cpu().numpy()[present],
+                                 gallery_groups=gallery_groups.cpu().numpy(), queries=queries[present],
+                                 valid=valid.round().astype(np.int64), ap_sum=ap_sum, hits=hits.round().astype(np.int64))
+    return tables
+
+
+def _summary(total: _ProtocolTotals, num_gallery: int, max_rank: int, return_per_query: bool,
+             groups: _GalleryGroupsByLabel | None = None) -> dict:
     if total.num_valid == 0:
         raise UserError(f"no query of mode {total.name} has a positive in the gallery")
     hist_len = len(total.first_hit_hist) - 1
@@ -399,7 +553,11 @@ def _summary(total: _ProtocolTotals, num_gallery: int, max_rank: int, return_per
     if return_per_query:
         # Chunks follow the union's order; a protocol's own rows may be in any order.
         ap = np.concatenate(total.per_query_ap).astype(np.float64)
+        first_hit = np.concatenate(total.first_hit).astype(np.int64)
         index = np.concatenate(total.valid_index).astype(np.int64)
         order = np.argsort(index, kind='stable')
         result['per_query_ap'], result['valid_query_index'] = ap[order], index[order]
+        result['first_hit_rank'] = first_hit[order]
+    if groups is not None:
+        result['breakdown'] = _pair_tables(total, groups)
     return result

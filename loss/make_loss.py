@@ -5,8 +5,20 @@ import torch
 from torch import nn
 
 from loss.softmax_loss import CrossEntropyLabelSmooth
+from loss.supcontrast import SupConLoss
 from loss.triplet_loss import TripletLoss
 from utils.vocabulary import VIEW_IDS
+
+
+def prompt_loss(image_feats: torch.Tensor, text_feats: torch.Tensor,
+                labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The stage-1 objective (CLIP-ReID's): supervised contrastive loss from the batch's images to their
+    identities' text features ('i2t') plus from the text features to the images ('t2i').
+    Returns ``(i2t + t2i, {"i2t": ..., "t2i": ...})``."""
+    supcon = SupConLoss()
+    parts = {"i2t": supcon(image_feats, text_feats, labels, labels),
+             "t2i": supcon(text_feats, image_feats, labels, labels)}
+    return parts["i2t"] + parts["t2i"], parts
 
 
 def stage2_loss(cls_scores: Sequence[torch.Tensor], feats: Sequence[torch.Tensor], targets: torch.Tensor,
@@ -26,18 +38,17 @@ def stage2_loss(cls_scores: Sequence[torch.Tensor], feats: Sequence[torch.Tensor
 
 
 def image_to_text_loss(image_proj: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor,
-                       image_mask: torch.Tensor, id_loss: nn.Module) -> torch.Tensor:
+                       image_mask: torch.Tensor, id_loss: CrossEntropyLabelSmooth) -> torch.Tensor:
     """Classify the selected images against the per-identity text features.
 
     ``image_proj`` [B,E], ``text_features`` [C,E], ``targets`` [B], ``image_mask`` [B] bool.
-    Logits are ``image_proj[mask] @ text_features.T``; ``id_loss`` (label-smoothed CE) against
-    ``targets[mask]``. A mask that selects no image gives a zero connected to the graph.
+    The mean of ``id_loss`` (label-smoothed CE) of the logits ``image_proj @ text_features.T`` over the
+    selected images, by masked arithmetic (boolean indexing would make the host wait for the device).
+    A mask that selects no image gives a zero connected to the graph.
     """
-    image_mask = image_mask.to(torch.bool)
-    if not bool(image_mask.any()):
-        return image_proj.sum() * 0.0 + text_features.sum() * 0.0
-    logits = image_proj[image_mask] @ text_features.t()
-    return id_loss(logits, targets[image_mask])
+    weights = image_mask.to(image_proj.dtype)
+    per_image = id_loss.per_sample(image_proj @ text_features.t(), targets)
+    return (per_image * weights).sum() / weights.sum().clamp(min=1)
 
 
 def image_view_mask(view_ids: torch.Tensor, image_view: str) -> torch.Tensor:

@@ -20,12 +20,17 @@ class CrossEntropyLabelSmooth(nn.Module):
         self.num_classes = num_classes
         self.epsilon = epsilon
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if logits.shape[0] == 0:
-            return logits.sum() * 0.0
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of each row [B]."""
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, expected {self.num_classes}")
         log_probs = F.log_softmax(logits, dim=1)
-        one_hot = F.one_hot(targets.long(), self.num_classes).to(log_probs.dtype)
-        smoothed = (1.0 - self.epsilon) * one_hot + self.epsilon / self.num_classes
-        return -(smoothed * log_probs).sum(dim=1).mean()
+        # scatter, not F.one_hot: one_hot reads the labels' range on the host (a device sync)
+        smoothed = torch.full_like(log_probs, self.epsilon / self.num_classes)
+        smoothed.scatter_(1, targets.long().unsqueeze(1), 1.0 - self.epsilon + self.epsilon / self.num_classes)
+        return -(smoothed * log_probs).sum(dim=1)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        return self.per_sample(logits, targets).mean()

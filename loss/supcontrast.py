@@ -23,8 +23,7 @@ class SupConLoss(nn.Module):
         log_prob = F.log_softmax(logits, dim=1)
         mask = (labels_a.view(-1, 1) == labels_b.view(1, -1)).to(log_prob.dtype)
         positives = mask.sum(dim=1)
-        has_positive = positives > 0
-        if not bool(has_positive.any()):
-            return logits.sum() * 0.0
-        mean_log_prob_pos = (mask * log_prob).sum(dim=1)[has_positive] / positives[has_positive]
-        return -mean_log_prob_pos.mean()
+        has_positive = (positives > 0).to(log_prob.dtype)
+        # the mean over rows with a positive by masked arithmetic: no host sync
+        mean_log_prob_pos = (mask * log_prob).sum(dim=1) / positives.clamp(min=1)
+        return -(mean_log_prob_pos * has_positive).sum() / has_positive.sum().clamp(min=1)

@@ -26,10 +26,6 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
         self.normalize_feature = normalize_feature
-        if margin is None:
-            self.ranking_loss: nn.Module = nn.SoftMarginLoss()
-        else:
-            self.ranking_loss = nn.MarginRankingLoss(margin=margin)
 
     def hardest_pairs(self, features: torch.Tensor, targets: torch.Tensor):
         """Return (dist_ap, dist_an, valid) for each anchor row; ``valid`` marks rows with a positive
@@ -55,11 +51,11 @@ class TripletLoss(nn.Module):
         if features.shape[0] == 0:
             return features.sum() * 0.0
         dist_ap, dist_an, valid = self.hardest_pairs(features, targets)
-        if not bool(valid.any()):
-            return features.sum() * 0.0
-        dist_ap, dist_an = dist_ap[valid], dist_an[valid]
-        # y = 1: dist_an should be larger than dist_ap
-        y = torch.ones_like(dist_an)
+        # The mean over valid anchors by masked arithmetic: no host sync (as boolean indexing would be).
+        # An invalid anchor has dist_ap = -inf or dist_an = inf: its term is 0 with a zero gradient.
         if self.margin is None:
-            return self.ranking_loss(dist_an - dist_ap, y)
-        return self.ranking_loss(dist_an, dist_ap, y)
+            per_anchor = F.softplus(dist_ap - dist_an)  # SoftMarginLoss(dist_an - dist_ap, 1)
+        else:
+            per_anchor = F.relu(dist_ap - dist_an + self.margin)  # MarginRankingLoss(dist_an, dist_ap, 1)
+        per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+        return per_anchor.sum() / valid.sum().clamp(min=1)

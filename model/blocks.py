@@ -14,12 +14,24 @@ def check_plain_blocks(resblocks: nn.ModuleList, tower: str) -> None:
             raise UserError(f'the {tower} tower of this CLIP model does not use plain OpenAI-style attention blocks')
 
 
-def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
-    """Multi-head self-attention of `attn`'s weights on x [B, L, C]."""
+def _queries_keys_values(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple:
+    """q, k, v [B, heads, L, C / heads] of `attn`'s weights on x [B, L, C]."""
     batch, length, width = x.shape
     heads = attn.num_heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    return qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def attention_weights(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """[B, heads, L, L]: how much each token attends to each other in `attn` on x [B, L, C] (rows sum to 1)."""
+    q, k, _ = _queries_keys_values(attn, x)
+    return torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+
+
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    """Multi-head self-attention of `attn`'s weights on x [B, L, C]."""
+    batch, length, width = x.shape
+    q, k, v = _queries_keys_values(attn, x)
     dropout = attn.dropout if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)
     out = out.transpose(1, 2).reshape(batch, length, width)

@@ -60,7 +60,7 @@ _INTERPOLATIONS = {mode.value: mode for mode in (T.InterpolationMode.BICUBIC, T.
 
 def camera_names(dataset_name: str, camera_num: int) -> list[str]:
     """Camera names as the dataset's file names write them, by 0-based camera id."""
-    from reporting.visualize import camera_name  # the one table of camera spellings
+    from datasets import camera_name  # each dataset spells its cameras
     return [camera_name(dataset_name, camid) for camid in range(camera_num)]
 
 

@@ -1,5 +1,6 @@
 """The re-ID model: CLIP image tower with BNNeck heads, plus per-view prompt learners for stage 1."""
 import logging
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -99,7 +100,7 @@ class ReIDModel(nn.Module):
         if view not in self.prompt_learners:
             raise ValueError(f"no prompt learner for text view '{view}'; built: {sorted(self.prompt_learners)}")
         learner = self.prompt_learners[view]
-        return self.text_encoder(learner(labels), learner.tokenized)
+        return self.text_encoder(learner(labels), learner.tokenized, last_end_of_text=learner.end_of_text)
 
     def image_state_dict(self) -> Dict[str, torch.Tensor]:
         """Weights of the image side only: what a re-ID checkpoint stores."""
@@ -181,19 +182,33 @@ class ReIDModel(nn.Module):
         self.load_state_dict(sd, strict=False)
 
 
-def make_model(cfg, num_classes: int, camera_num: int, view_num: int, text_views: Iterable[str] = (),
-               load_pretrained: bool = True) -> ReIDModel:
+@dataclass(frozen=True)
+class ModelSettings:
+    """What make_model needs besides the data's counts (processor/settings.py reads it from the config)."""
+    name: str
+    pretrain_path: str = ''
+    image_size: tuple = (256, 128)
+    stride: tuple = (16, 16)
+    sie_camera: bool = False
+    sie_view: bool = False
+    sie_coe: float = 3.0
+    neck_feat: str = 'before'
+    prompt_templates: Dict[str, str] = field(default_factory=dict)  # text view -> template
+
+
+def make_model(settings: ModelSettings, num_classes: int, camera_num: int, view_num: int,
+               text_views: Iterable[str] = (), load_pretrained: bool = True) -> ReIDModel:
     """Build the re-ID model; `load_pretrained=False` skips the CLIP weights (a re-ID checkpoint follows)."""
     text_views = list(dict.fromkeys(text_views))
     unknown = [v for v in text_views if v not in PROMPT_TEMPLATE_KEYS]
     if unknown:
         raise UserError(f"unknown text view '{unknown[0]}'; valid: {', '.join(PROMPT_TEMPLATE_KEYS)}")
-    name = cfg.MODEL.NAME
-    clip_model = load_clip(name, cfg.MODEL.PRETRAIN_PATH) if load_pretrained else build_clip(name)
-    templates = {view: getattr(cfg.MODEL, PROMPT_TEMPLATE_KEYS[view]) for view in text_views}
+    name = settings.name
+    clip_model = load_clip(name, settings.pretrain_path) if load_pretrained else build_clip(name)
     model = ReIDModel(
         clip_model, num_classes, camera_num=camera_num, view_num=view_num,
-        image_size=cfg.INPUT.SIZE_TRAIN, stride=cfg.MODEL.STRIDE_SIZE,
-        sie_camera=cfg.MODEL.SIE_CAMERA, sie_view=cfg.MODEL.SIE_VIEW, sie_coe=cfg.MODEL.SIE_COE,
-        neck_feat=cfg.TEST.NECK_FEAT, prompt_templates=templates, model_name=name)
+        image_size=settings.image_size, stride=settings.stride,
+        sie_camera=settings.sie_camera, sie_view=settings.sie_view, sie_coe=settings.sie_coe,
+        neck_feat=settings.neck_feat, prompt_templates={view: settings.prompt_templates[view] for view in text_views},
+        model_name=name)
     return model.train()

@@ -27,12 +27,15 @@ class TextEncoder(nn.Module):
         # Causal attention: tokens after the last EOT never influence it, so they can be dropped.
         self.truncate = truncate
 
-    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, truncate: Optional[bool] = None) -> torch.Tensor:
-        """prompts [B, L, width]; tokenized [B, L] or [1, L] token ids (EOT has the largest id)."""
+    def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor, truncate: Optional[bool] = None,
+                last_end_of_text: Optional[int] = None) -> torch.Tensor:
+        """prompts [B, L, width]; tokenized [B, L] or [1, L] token ids (EOT has the largest id);
+        `last_end_of_text`: the largest EOT position when the caller knows it (truncating then needs no
+        read of the tokens from the device)."""
         eot = tokenized.argmax(dim=-1).expand(prompts.shape[0])
         x = prompts + self.positional_embedding[:prompts.shape[1]].to(prompts.dtype)
         if self.truncate if truncate is None else truncate:
-            x = x[:, :int(eot.max()) + 1]
+            x = x[:, :(int(eot.max()) if last_end_of_text is None else last_end_of_text) + 1]
         for block in self.resblocks:
             x = run_block(block, x, is_causal=True)
         x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
@@ -74,6 +77,7 @@ class PromptLearner(nn.Module):
         self.n_prefix = first - 1
         self.n_ctx = n_ctx
         self.register_buffer('tokenized', tokenized)
+        self.end_of_text = int(tokenized.argmax(dim=-1))  # a Python int: read once, here
         self.register_buffer('token_prefix', embedding[:, :first].clone())
         self.register_buffer('token_suffix', embedding[:, first + n_ctx:].clone())
         self.cls_ctx = nn.Parameter(torch.empty(num_classes, n_ctx, width))

@@ -20,6 +20,7 @@ from datasets.market1501 import parse_market_name
 from datasets.mssl import parse_mssl_name
 from evaluation.rank import query_distances
 from evaluation.ranked_lists import RankedQuery
+from model.feature_api import SIDE_INFO_CHOICES
 from reporting.visualize import draw_ranked_lists
 from utils import atomic_io
 from utils.errors import UserError
@@ -85,6 +86,25 @@ def labels_from_names(paths: list[str], meta: dict) -> Labels:
     return unknown_labels(len(paths))
 
 
+def add_label_arguments(parser) -> None:
+    """--labels and --side-info, as search_clipreid.py and tools/attention_maps.py take them (image_labels)."""
+    parser.add_argument('--labels', default='auto',
+                        help="'auto' (from file names of a known dataset naming), 'none', or a CSV with columns "
+                             "image and any of camera, view, person")
+    parser.add_argument('--side-info', default='mean', choices=SIDE_INFO_CHOICES,
+                        help='what unknown camera/view labels do with an SIE model (default mean)')
+
+
+def image_labels(source: str, paths: list[str], meta: dict, table: dict | None) -> Labels:
+    """The labels of `paths` as --labels `source` asks: 'none', 'auto' (file names) or a CSV (`table`, read
+    by read_label_csv)."""
+    if source == 'none':
+        return unknown_labels(len(paths))
+    if table is not None:
+        return labels_from_csv(paths, table, meta, source)
+    return labels_from_names(paths, meta)
+
+
 def _person_text(pid) -> str:
     return 'P{}T{}A{}'.format(*pid) if isinstance(pid, tuple) else str(pid)
 
@@ -135,13 +155,17 @@ def _lookup(value: str, names: dict, count: int, kind: str, csv_path: str, image
                     f"model's {kind}s ({', '.join(names) or f'ids 0-{count - 1}'})")
 
 
-def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(qf: torch.Tensor, gf: torch.Tensor, k: int, chunk_size: int = 4096,
+          device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Nq, k'], gallery indices [Nq, k']) of the k nearest gallery features of each query by
     squared Euclidean distance (the evaluator's), equal distances in gallery order; k' = min(k, Ng).
+    Computed on `device` (default: where `qf` is), where the results are.
 
     Memory: chunk_size queries x chunk_size gallery distances at a time, never Nq x Ng. Each gallery
     block gives its k nearest (torch.topk), merged with the best so far.
     """
+    if device is not None:
+        qf, gf = qf.to(device), gf.to(device)
     k = min(k, gf.shape[0])
     g_sq = (gf * gf).sum(1)
     best_dist, best_index = [], []

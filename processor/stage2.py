@@ -16,11 +16,13 @@ import torch
 
 from loss.make_loss import Stage2Criterion
 from model.checkpoint_meta import describe_model
+from processor import resume as training_state
 from processor.accumulation import accumulated_step, check_sub_batches
 from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
-from utils import atomic_io, checkpoint, distributed
+from utils import atomic_io, distributed
+from utils.device import grad_scaler
 from utils.errors import UserError
 from utils.out_of_memory import stop_on_out_of_memory
 from utils.progress import progress
@@ -43,7 +45,7 @@ def save_checkpoint(cfg, model, epoch: int) -> str:
     if distributed.is_main():
         atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump(),
                               'meta': describe_model(cfg, model)}, path)
-        checkpoint.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
+        training_state.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
 
 
@@ -52,6 +54,23 @@ def build_criterion(cfg, num_classes: int, text_features: dict) -> Stage2Criteri
                            margin=cfg.SOLVER.STAGE2.MARGIN,
                            label_smoothing=0.1 if cfg.MODEL.IF_LABELSMOOTH == 'on' else 0.0,
                            i2t_terms=i2t_terms(cfg, text_features, 'cpu'))
+
+
+def stage2_solver(cfg, model, device, amp_dtype=None) -> tuple:
+    """(optimizer, scheduler, gradient scaler) of stage 2. The text side (text tower, prompts) is frozen:
+    stage 2 trains the image side against the fixed stage-1 text features."""
+    for module in (getattr(model, 'text_encoder', None), getattr(model, 'prompt_learners', None)):
+        if module is not None:
+            module.requires_grad_(False)
+    solver = cfg.SOLVER.STAGE2
+    optimizer = make_optimizer_stage2(model.named_parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
+                                      bias_lr_factor=solver.BIAS_LR_FACTOR,
+                                      weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+                                      optimizer_name=solver.OPTIMIZER_NAME, momentum=solver.MOMENTUM)
+    scheduler = WarmupMultiStepLR(optimizer, milestones=list(solver.STEPS), gamma=solver.GAMMA,
+                                  warmup_factor=solver.WARMUP_FACTOR, warmup_iters=solver.WARMUP_EPOCHS,
+                                  warmup_method=solver.WARMUP_METHOD)
+    return optimizer, scheduler, grad_scaler(device, amp_dtype)
 
 
 @dataclass
@@ -82,12 +101,15 @@ class EpochTotals:
         self.loss = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.first_bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+        self.parts = {}  # loss part name -> running sum
         self.images = self.steps = 0
 
     def add(self, result: StepResult, step: int) -> None:
         bad = ~torch.isfinite(result.loss)
         self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), step, self.first_bad_step)
         self.loss += result.loss.double()
+        for name, part in result.parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + part.double()
         self.correct += result.correct
         self.images += result.images
         self.steps += 1
@@ -101,36 +123,31 @@ class EpochTotals:
             raise UserError(f"stage 2 loss became non-finite (NaN or Inf) at epoch {epoch} {at}; {where_to_resume} "
                             f"(try a lower SOLVER.STAGE2.BASE_LR or SOLVER.AMP 'off')")
 
-    def means(self) -> tuple:
-        return float(self.loss) / max(self.steps, 1), int(self.correct) / max(self.images, 1)
+    def means(self) -> dict:
+        """{'loss', 'acc', 'loss_<part>'...}: the epoch's means, over the processes too."""
+        steps = max(self.steps, 1)
+        names = ['loss', 'acc', *(f'loss_{name}' for name in self.parts)]
+        values = (float(self.loss) / steps, int(self.correct) / max(self.images, 1),
+                  *(float(total) / steps for total in self.parts.values()))
+        return dict(zip(names, distributed.mean_across_ranks(*values)))
 
 
 def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int, device, logger,
                  evaluate_fn=None, amp_dtype=None, resume: dict | None = None) -> dict:
     """Train; returns {'checkpoint': last path, 'history': [{'epoch', 'loss', 'acc', 'eval'?}]}.
 
-    `resume`: a state from utils.checkpoint.start_or_resume; training continues after its epoch. Every
+    `resume`: a state from processor.resume.start_or_resume; training continues after its epoch. Every
     epoch ends by writing OUTPUT_DIR/resume.pth.
     """
     solver = cfg.SOLVER.STAGE2
-    for module in (getattr(model, 'text_encoder', None), getattr(model, 'prompt_learners', None)):
-        if module is not None:
-            module.requires_grad_(False)
+    optimizer, scheduler, scaler = stage2_solver(cfg, model, device, amp_dtype)
     criterion = build_criterion(cfg, num_classes, text_features).to(device)
     net = distributed.wrap_ddp(model, device)  # training steps go through DDP; `model` is the plain module
     if cfg.SOLVER.COMPILE:
         net = torch.compile(net)
-    optimizer = make_optimizer_stage2(model.named_parameters(), solver.BASE_LR, solver.WEIGHT_DECAY,
-                                      bias_lr_factor=solver.BIAS_LR_FACTOR,
-                                      weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
-                                      optimizer_name=solver.OPTIMIZER_NAME, momentum=solver.MOMENTUM)
-    scheduler = WarmupMultiStepLR(optimizer, milestones=list(solver.STEPS), gamma=solver.GAMMA,
-                                  warmup_factor=solver.WARMUP_FACTOR, warmup_iters=solver.WARMUP_EPOCHS,
-                                  warmup_method=solver.WARMUP_METHOD)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history, last_checkpoint, first_epoch, resumable = [], None, 1, ''
     if resume is not None:
-        first_epoch, history, last_checkpoint = checkpoint.restore_training_state(
+        first_epoch, history, last_checkpoint = training_state.restore_training_state(
             resume, model, optimizer, scheduler, scaler, device, logger)
         resumable = f"{resume['path']} holds the state after epoch {first_epoch - 1}"
         if first_epoch > solver.MAX_EPOCHS:
@@ -158,7 +175,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         begin_epoch(scheduler, epoch)
         train_loader.sampler.set_epoch(epoch)
         # Worker seeds depend on the epoch only, so a resumed epoch sees the same augmentation.
-        train_loader.generator = checkpoint.epoch_generator(cfg.SOLVER.SEED, epoch)
+        train_loader.generator = training_state.epoch_generator(cfg.SOLVER.SEED, epoch)
         model.train()
         if bar is None:  # made here so that a run starting at a later epoch counts from there
             bar = progress(initial=(epoch - 1) * len(train_loader), desc='stage 2', unit='it', logger=logger)
@@ -167,8 +184,10 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
         totals = EpochTotals(device)
         for step, (images, pids, camids, viewids, _) in enumerate(train_loader, start=1):
             with stop_on_out_of_memory(f'stage 2 epoch {epoch} iteration {step}', batch_advice, last_good):
-                result = train_step(net, criterion, optimizer, scaler, images.to(device, non_blocking=True),
-                                    pids.to(device), camids.to(device), viewids.to(device), amp_dtype,
+                # non-blocking: the loader pins its batches, so the copies queue behind the previous step
+                images, pids, camids, viewids = (tensor.to(device, non_blocking=True)
+                                                 for tensor in (images, pids, camids, viewids))
+                result = train_step(net, criterion, optimizer, scaler, images, pids, camids, viewids, amp_dtype,
                                     solver.ACCUM_STEPS)
             totals.add(result, step)
             distributed.check_replicas(model.parameters(), f'stage 2 epoch {epoch} step {step}')
@@ -181,13 +200,14 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                        **{f'loss_{name}': float(part) for name, part in result.parts.items()})
         totals.check_finite(epoch, last_good())
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere before saving and evaluating
-        record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': None, 'acc': None, 'lr': current_lr(optimizer)}
-        record['loss'], record['acc'] = distributed.mean_across_ranks(*totals.means())
+        means = totals.means()
+        record = {'epoch': epoch, 'epochs': solver.MAX_EPOCHS, 'loss': means.pop('loss'), 'acc': means.pop('acc'),
+                  'lr': current_lr(optimizer)}
         epochs_run += 1
         epoch_s = time.monotonic() - epoch_start
         eta = (time.monotonic() - run_start) / epochs_run * (solver.MAX_EPOCHS - epoch)
         report(logger, cfg.OUTPUT_DIR, 'stage2_epoch', f"Stage 2 epoch {epoch}/{solver.MAX_EPOCHS}", bar=bar,
-               **record, time_s=epoch_s, eta_s=eta)
+               **record, **means, time_s=epoch_s, eta_s=eta)
         record.pop('epochs')
         last_epoch = epoch == solver.MAX_EPOCHS
         if epoch % solver.CHECKPOINT_PERIOD == 0 or last_epoch:
@@ -199,7 +219,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
                 record['eval'] = evaluate_fn(model)  # RNG-neutral: evaluating never changes the training
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)
-        path = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
+        path = training_state.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
                                             history, last_checkpoint, device, meta=describe_model(cfg, model))
         resumable = f"{path} holds the state after epoch {epoch}"
     if bar is not None:

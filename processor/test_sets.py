@@ -17,12 +17,24 @@ from dataclasses import dataclass
 
 from config.validate import split_list
 from datasets import init_dataset
-from datasets.bases import ReIDDataset
+from datasets.bases import DatasetOptions, ReIDDataset
 from datasets.image_check import skip_unreadable_images
-from processor.inference import eval_modes, evaluate_model, write_results
+from processor.settings import report_settings
+from processor.inference import (eval_modes, evaluate_model, format_summary, query_attention, summarize_protocols,
+                                 write_results)
 from utils import distributed
 from utils.run_lock import results_lock
 from reporting.visualize import write_reports
+
+
+def results_folder(output_dir: str, label: str) -> str:
+    """Where the results of the test dataset `label` go ('' = the training dataset's: OUTPUT_DIR)."""
+    return os.path.join(output_dir, f'test_{label}') if label else output_dir
+
+
+def results_key(label: str, protocol: str) -> str:
+    """The name a protocol's metrics go by: '<label>/<protocol>', or the protocol for the training dataset."""
+    return f'{label}/{protocol}' if label else protocol
 
 
 @dataclass
@@ -34,10 +46,10 @@ class TestSet:
     seen_cameras: bool         # its camera ids are those the model was trained with
 
     def output_dir(self, output_dir: str) -> str:
-        return os.path.join(output_dir, f'test_{self.label}') if self.label else output_dir
+        return results_folder(output_dir, self.label)
 
     def key(self, protocol: str) -> str:
-        return f'{self.label}/{protocol}' if self.label else protocol
+        return results_key(self.label, protocol)
 
     def config(self, cfg):
         """`cfg` with this test set's dataset and output folder (for the report writers)."""
@@ -51,18 +63,38 @@ class TestSet:
         return cfg
 
 
-def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
-    """The training dataset when DATASETS.TEST_NAMES is empty, else each dataset it names, read, checked
-    against TEST.EVAL_MODE and described in the log."""
+def dataset_options(cfg) -> DatasetOptions:
+    """The config values datasets take besides their folder."""
+    return DatasetOptions(vehicleid_test_size=cfg.DATASETS.VEHICLEID_TEST_SIZE,
+                          vehicleid_trials=cfg.TEST.VEHICLEID_TRIALS, seed=cfg.SOLVER.SEED)
+
+
+def open_dataset(cfg, name: str, root: str) -> ReIDDataset:
+    return init_dataset(name, root, dataset_options(cfg))
+
+
+def labelled_test_datasets(cfg) -> list[tuple[str, str, str]]:
+    """(name, root, label) of each dataset of DATASETS.TEST_NAMES: the label is the name, or
+    '<name>_<position>' for a name that comes again."""
     names, roots = split_list(cfg.DATASETS.TEST_NAMES), split_list(cfg.DATASETS.TEST_ROOT_DIR)
-    if not names:
-        return [TestSet(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, train_dataset, '', True)]
-    test_sets, labels = [], set()
+    labelled, labels = [], set()
     for number, (name, root) in enumerate(zip(names, roots), start=1):
         label = name if name not in labels else f'{name}_{number}'
         labels.add(label)
+        labelled.append((name, root, label))
+    return labelled
+
+
+def build_test_sets(cfg, train_dataset: ReIDDataset, logger) -> list[TestSet]:
+    """The training dataset when DATASETS.TEST_NAMES is empty, else each dataset it names, read, checked
+    against TEST.EVAL_MODE and described in the log."""
+    labelled = labelled_test_datasets(cfg)
+    if not labelled:
+        return [TestSet(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, train_dataset, '', True)]
+    test_sets = []
+    for name, root, label in labelled:
         same = name == cfg.DATASETS.NAMES and os.path.realpath(root) == os.path.realpath(cfg.DATASETS.ROOT_DIR)
-        dataset = train_dataset if same else init_dataset(name, root)
+        dataset = train_dataset if same else open_dataset(cfg, name, root)
         if not same and cfg.DATALOADER.SKIP_BAD_IMAGES:
             skip_unreadable_images(dataset, cfg.DATALOADER.NUM_WORKERS, logger)
         eval_modes(cfg, dataset)  # an undeclared TEST.EVAL_MODE stops the run before any training
@@ -86,10 +118,19 @@ def evaluate_test_sets(cfg, model, test_sets: list[TestSet], device, logger, amp
                 os.makedirs(set_cfg.OUTPUT_DIR, exist_ok=True)
         outcome = evaluate_model(set_cfg, model, test_set.dataset, device, logger, amp_dtype,
                                  unseen_cameras=not test_set.seen_cameras)
+        summaries = summarize_protocols(outcome, test_set.dataset.summaries)
+        for summary in summaries.values():
+            logger.info(format_summary(summary))
         # Results are written one set at a time: another run writing into this folder waits its turn.
         with results_lock(set_cfg.OUTPUT_DIR):
-            for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features):
+            for path in write_results(set_cfg.OUTPUT_DIR, outcome, save_features=save_features, summaries=summaries):
                 logger.info(f"wrote {path}")
-            write_reports(set_cfg, outcome, logger, details)
-        metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()})
+            attention = (query_attention(set_cfg, model, device, unseen_cameras=not test_set.seen_cameras)
+                         if cfg.TEST.ATTENTION_MAPS else None)
+            write_reports(report_settings(set_cfg), outcome, logger, details, summaries, attention)
+        # A summary stands for its members in the returned metrics (and so in metrics.jsonl and the curves).
+        summarized = {member for summary in summaries.values() for member in summary['members']}
+        metrics.update({test_set.key(mode): result['metrics'] for mode, result in outcome.items()
+                        if mode not in summarized})
+        metrics.update({test_set.key(name): summary for name, summary in summaries.items()})
     return metrics

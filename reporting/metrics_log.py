@@ -1,15 +1,16 @@
 """OUTPUT_DIR/metrics.jsonl: one JSON object per logged step, epoch and evaluation.
 
 Every record has 'event' and 'time' (Unix seconds). Events written by the framework:
-  stage1_iter   view, epoch, iter, loss
+  stage1_iter   view, epoch, iter, iters, loss
   stage1_epoch  view, epoch, epochs, loss, lr
   stage2_iter   epoch, iter, iters, loss, acc, lr, loss_<part>
-  stage2_epoch  epoch, epochs, loss, acc, lr, time_s, eta_s
+  stage2_epoch  epoch, epochs, loss, acc, lr, loss_<part>, time_s, eta_s
   eval          mode, mAP, rank1, rank5, rank10, mINP, num_query, num_valid_query, num_gallery
                 (+ epoch during training, weight in a test run)
 Lines are appended and flushed one at a time, so a crash loses at most the line being written, and
 a resumed or repeated run in the same folder continues the file (readers keep the latest run of
-each epoch: see `training_history`). Only the main process writes.
+each epoch: see `training_history`). Only the main process writes. Every record appended also goes
+to TensorBoard when the run opened a writer for the folder (LOG.TENSORBOARD, reporting/tensorboard.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from reporting import tensorboard
 from utils import distributed
 from utils.errors import UserError
 from utils.vocabulary import METRIC_KEYS, METRICS_JSONL
@@ -52,14 +54,16 @@ def _plain(value):
 
 
 def append_record(output_dir: str, event: str, **fields) -> dict | None:
-    """Append one record to OUTPUT_DIR/metrics.jsonl; returns it (None, writing nothing, on a
-    non-main process or when the folder does not exist, e.g. a processor called outside the CLI)."""
+    """Append one record to OUTPUT_DIR/metrics.jsonl, and to its TensorBoard events when they are
+    open; returns it (None, writing nothing, on a non-main process or when the folder does not exist,
+    e.g. a processor called outside the CLI)."""
     if not output_dir or not os.path.isdir(output_dir) or not distributed.is_main():
         return None
     record = {'event': event, 'time': round(time.time(), 3), **_plain(fields)}
     with open(metrics_path(output_dir), 'a', encoding='utf-8') as handle:
         handle.write(json.dumps(record, allow_nan=False) + '\n')
         handle.flush()
+    tensorboard.add_record(output_dir, record)
     return record
 
 
@@ -81,7 +85,8 @@ def _shown(key: str, value) -> str:
 
 def report(logger, output_dir: str, event: str, message: str, bar=None, **fields) -> None:
     """The one way a training number is reported: a log line (`message: key value, ...`), a
-    metrics.jsonl record of `event` with every field, and the progress bar's postfix."""
+    metrics.jsonl record of `event` with every field (and its TensorBoard scalars), and the progress
+    bar's postfix."""
     shown = {key: _shown(key, value) for key, value in fields.items()
              if key not in _IN_MESSAGE and value is not None}
     logger.info(f"{message}: " + ', '.join(f'{key} {value}' for key, value in shown.items()))

@@ -9,6 +9,7 @@ from model import make_model
 from processor.accumulation import accumulated_step, check_sub_batches, sub_batches
 from tests.helpers import tiny_opts
 from utils.errors import UserError
+from processor.settings import model_settings
 
 CPU = torch.device('cpu')
 NUM_CLASSES, K, IDS = 6, 4, 4  # a P x K batch of 4 identities x 4 images
@@ -17,7 +18,7 @@ NUM_CLASSES, K, IDS = 6, 4, 4  # a P x K batch of 4 identities x 4 images
 def tiny_model():
     cfg = load_config('', tiny_opts('unused', 'unused'))
     torch.manual_seed(0)
-    model = make_model(cfg, NUM_CLASSES, camera_num=4, view_num=2, load_pretrained=False)
+    model = make_model(model_settings(cfg), NUM_CLASSES, camera_num=4, view_num=2, load_pretrained=False)
     return model
 
 

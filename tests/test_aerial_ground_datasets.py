@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from config import load_config
-from datasets import init_dataset
+from datasets import FACTORY, camera_name, init_dataset
 from datasets.agreid_v2 import parse_agreid_v2_name
 from datasets.bases import GROUND, SKY, list_image_files
 from datasets.cargo import parse_cargo_name
@@ -47,6 +47,19 @@ def names(items):
 
 
 # ---- file-name rules ----
+
+@pytest.mark.parametrize('dataset, file_name', [
+    ('mssl', '0065_0909am_3_G003_c05_p0065_00.jpg'), ('mssl', '0065_0325pm_1_G003_c14_p0065_00.jpg'),
+    ('market1501', '0002_c6s1_000451_03.jpg'), ('agreid', 'P0006T0214A0C3F1831.jpg'),
+    ('agreid_v2', 'P0006T0214A0C2F1831.jpg'), ('cargo', 'Cam12_day_2519_320.jpg'),
+    ('g2aps_reid', '0012_c0v3_000123.jpg'), ('g2aps_reid', '0012_c3v1_000123.jpg'),
+    ('lagper', '0012_c9_0001.jpg'), ('lagper', '0012_c11_0001.jpg'), ('lagper', '0012_c22_0001.jpg')])
+def test_camera_names_are_spelled_as_the_file_names(dataset, file_name):
+    _, camid, _ = FACTORY[dataset].parse_name(file_name)
+    name = camera_name(dataset, camid)
+    assert re.search(rf'{re.escape(name)}(?!\d)', file_name), (name, file_name)
+    assert camera_name('csv', 3) == 'cam3'
+
 
 def test_name_rules():
     assert parse_agreid_v2_name('P0006T0214A0C0F1831.jpg') == ((6, 214, 0), 0, SKY)
@@ -265,8 +278,8 @@ def test_eval_mode_is_checked_against_the_datasets_protocols():
 def test_test_dataset_keys():
     cfg = load_config('', ['DATASETS.TEST_NAMES', 'agreid, lagper', 'DATASETS.TEST_ROOT_DIR', 'a, b'])
     assert cfg.DATASETS.TEST_NAMES == 'agreid, lagper'
-    with pytest.raises(UserError, match="DATASETS.TEST_NAMES.*'dukemtmc' is not a dataset"):
-        load_config('', ['DATASETS.TEST_NAMES', 'dukemtmc', 'DATASETS.TEST_ROOT_DIR', 'a'])
+    with pytest.raises(UserError, match="DATASETS.TEST_NAMES.*'cuhk03' is not a dataset"):
+        load_config('', ['DATASETS.TEST_NAMES', 'cuhk03', 'DATASETS.TEST_ROOT_DIR', 'a'])
     with pytest.raises(UserError, match=r'DATASETS.TEST_ROOT_DIR.*needs one folder per DATASETS.TEST_NAMES entry \(2\)'):
         load_config('', ['DATASETS.TEST_NAMES', 'agreid,cargo', 'DATASETS.TEST_ROOT_DIR', 'a'])
     with pytest.raises(UserError, match='DATASETS.TEST_ROOT_DIR'):

@@ -30,6 +30,7 @@ from solver.scheduler import WarmupMultiStepLR, begin_epoch
 from tests.helpers import fails
 from tools import convert_published, export_onnx
 from utils.errors import UserError
+from processor.settings import model_settings
 
 REF = Path(__file__).parent / 'data' / 'clipreid_reference'
 RN_ARCH, VIT_ARCH = 'RN-RefTiny', 'ViT-RefTiny2-16'  # the sizes of the reference checkpoints (README)
@@ -372,7 +373,7 @@ def stage2_step(tmp_path_factory):
         cfg = load_config(str(ROOT / 'configs/person/cnn_clipreid.yml'), [
             'MODEL.NAME', RN_ARCH, 'MODEL.DEVICE', 'cpu', 'OUTPUT_DIR', str(out), 'SOLVER.STAGE2.MAX_EPOCHS', '1',
             'SOLVER.STAGE2.IMS_PER_BATCH', '12', 'SOLVER.AMP', 'off'])
-        model = make_model(cfg, notes['num_classes'], 6, 2, text_views=['all'], load_pretrained=False)
+        model = make_model(model_settings(cfg), notes['num_classes'], 6, 2, text_views=['all'], load_pretrained=False)
         model.load_image_state_dict(checkpoint('rn50_person'), for_test=False)
         names = {id(p): n for n, p in model.named_parameters()}
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -480,7 +481,7 @@ def test_rn50_stage2_gradients_in_float64_are_clipreids(stage2_step):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(clip_loader, 'supported_models', lambda: [RN_ARCH, VIT_ARCH])
         cfg = load_config(str(ROOT / 'configs/person/cnn_clipreid.yml'), ['MODEL.NAME', RN_ARCH])
-        model = make_model(cfg, notes['num_classes'], 6, 2, load_pretrained=False)
+        model = make_model(model_settings(cfg), notes['num_classes'], 6, 2, load_pretrained=False)
     model.load_image_state_dict(checkpoint('rn50_person'), for_test=False)
     model.double().train()
     text = torch.from_numpy(ref['step/text_features']).double()

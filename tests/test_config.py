@@ -64,10 +64,14 @@ def test_seed_yaml_snippet_pasted_as_written(tmp_path):
     (['MODEL.I2T_TEXT_VIEWS', "('air', 'sky', 'all')"], 'MODEL.I2T_TEXT_VIEWS'),
     (['INPUT.RE_PROB', '1.5'], 'INPUT.RE_PROB'),
     (['SOLVER.STAGE2.STEPS', '[50, 30]'], 'SOLVER.STAGE2.STEPS'),
-    (['DATASETS.NAMES', 'dukemtmc'], 'DATASETS.NAMES'),
+    (['DATASETS.NAMES', 'cuhk03'], 'DATASETS.NAMES'),
     (['MODEL.PROMPT_TEMPLATE_SKY', 'A sky photo of a person.'], 'MODEL.PROMPT_TEMPLATE_SKY'),
     (['MODEL.DEVICE', 'gpu'], 'MODEL.DEVICE'),
     (['OUTPUT_DIR'], 'OUTPUT_DIR'),
+    (['TEST.BREAKDOWN', '1'], 'TEST.BREAKDOWN'),
+    (['TEST.EMBEDDING_MAP_IDS', '1'], 'TEST.EMBEDDING_MAP_IDS'),
+    (['TEST.EMBEDDING_MAP', "'yes'"], 'TEST.EMBEDDING_MAP'),
+    (['TEST.ATTENTION_MAPS', 'True'], 'TEST.ATTENTION_MAPS'),  # needs TEST.VISUALIZE True
 ])
 def test_bad_values_name_their_key(overrides, named):
     with pytest.raises(UserError, match=re.escape(named)):
@@ -102,3 +106,60 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
 def test_every_yaml_in_configs_loads():
     for path in sorted((ROOT / 'configs').rglob('*.yml')):
         load_config(str(path))
+
+
+CLIPREID_CONFIGS = ['person/cnn_base', 'person/vit_base', 'person/cnn_clipreid', 'veri/cnn_base', 'veri/vit_base',
+                    'veri/cnn_prom', 'veri/vit_prom', 'VehicleID/cnn_base', 'VehicleID/vit_base',
+                    'VehicleID/cnn_clipreid', 'VehicleID/vit_clipreid']
+
+
+@pytest.mark.parametrize('name', CLIPREID_CONFIGS)
+def test_clipreid_configs_learn_prompts_unless_they_are_baselines(name):
+    from processor.stage1 import text_views_to_learn
+    cfg = load_config(str(ROOT / 'configs' / f'{name}.yml'))
+    assert text_views_to_learn(cfg) == ([] if name.endswith('base') else ['all'])
+    assert cfg.MODEL.NAME == ('RN50' if '/cnn_' in name else 'ViT-B-16')
+    vehicle = not name.startswith('person')
+    assert cfg.MODEL.PROMPT_TEMPLATE == f"A photo of a X X X X {'vehicle' if vehicle else 'person'}."
+    assert list(cfg.INPUT.SIZE_TRAIN) == ([256, 256] if vehicle else [256, 128])
+
+
+# CLIP-ReID's configs/person/vit_clipreid.yml in this project's keys (docs/fidelity.md maps them), for
+# the keys where its value is not also the MSP recipe's.
+CLIPREID_VIT_CLIPREID = {
+    'MODEL.I2T_TEXT_VIEWS': ('all',), 'MODEL.I2T_IMAGE_VIEWS': ('all',), 'MODEL.I2T_LOSS_WEIGHTS': (1.0,),
+    'SOLVER.STAGE2.BASE_LR': 0.000005, 'SOLVER.STAGE2.EVAL_PERIOD': 60, 'DATASETS.NAMES': 'market1501',
+}
+# ... and where they are the same.
+SHARED_WITH_THE_MSP_RECIPE = {
+    'MODEL.NAME': 'ViT-B-16', 'MODEL.STRIDE_SIZE': [16, 16], 'MODEL.ID_LOSS_WEIGHT': 0.25,
+    'MODEL.TRIPLET_LOSS_WEIGHT': 1.0, 'MODEL.IF_LABELSMOOTH': 'on', 'INPUT.SIZE_TRAIN': [256, 128],
+    'INPUT.PIXEL_MEAN': [0.5, 0.5, 0.5], 'SOLVER.STAGE1.IMS_PER_BATCH': 64, 'SOLVER.STAGE1.BASE_LR': 0.00035,
+    'SOLVER.STAGE1.WARMUP_LR_INIT': 0.00001, 'SOLVER.STAGE1.LR_MIN': 0.000001, 'SOLVER.STAGE1.WARMUP_EPOCHS': 5,
+    'SOLVER.STAGE1.WEIGHT_DECAY': 0.0001, 'SOLVER.STAGE1.MAX_EPOCHS': 120, 'SOLVER.STAGE2.IMS_PER_BATCH': 64,
+    'SOLVER.STAGE2.WARMUP_EPOCHS': 10, 'SOLVER.STAGE2.WARMUP_FACTOR': 0.1, 'SOLVER.STAGE2.WEIGHT_DECAY': 0.0001,
+    'SOLVER.STAGE2.WEIGHT_DECAY_BIAS': 0.0001, 'SOLVER.STAGE2.BIAS_LR_FACTOR': 2.0, 'SOLVER.STAGE2.MAX_EPOCHS': 60,
+    'SOLVER.STAGE2.STEPS': [30, 50], 'SOLVER.STAGE2.CHECKPOINT_PERIOD': 60, 'TEST.NECK_FEAT': 'before',
+    'MODEL.PROMPT_TEMPLATE': 'A photo of a X X X X person.',
+}
+# The overrides docs/fidelity.md gives for CLIP-ReID's Market-1501 recipe from the MSP recipe.
+CLIPREID_MARKET_OVERRIDES = ['MODEL.I2T_TEXT_VIEWS', "('all',)", 'MODEL.I2T_IMAGE_VIEWS', "('all',)",
+                             'MODEL.I2T_LOSS_WEIGHTS', '(1.0,)', 'SOLVER.STAGE2.BASE_LR', '0.000005',
+                             'SOLVER.STAGE2.EVAL_PERIOD', '60', 'DATASETS.NAMES', 'market1501']
+
+
+def _value(cfg, key):
+    node = cfg
+    for part in key.split('.'):
+        node = node[part]
+    return tuple(node) if isinstance(node, tuple) else list(node) if isinstance(node, list) else node
+
+
+def test_the_msp_recipe_with_the_documented_overrides_is_clipreids_market_recipe():
+    recipe = str(ROOT / 'configs/person/vit_clipreid.yml')
+    msp, clip_reid = load_config(recipe), load_config(recipe, CLIPREID_MARKET_OVERRIDES)
+    for key, value in CLIPREID_VIT_CLIPREID.items():
+        assert _value(clip_reid, key) == value, key
+        assert _value(msp, key) != value, key  # each override changes something
+    for key, value in SHARED_WITH_THE_MSP_RECIPE.items():
+        assert _value(msp, key) == _value(clip_reid, key) == value, key

@@ -9,9 +9,10 @@ from datasets import FACTORY, init_dataset
 from datasets.agreid import AGReID, parse_agreid_name
 from datasets.bases import ImageDataset
 from datasets.market1501 import Market1501, parse_market_name
-from datasets.mssl import GROUND_CAMERAS, MSSL, SKY_CAMERAS, parse_mssl_name
+from datasets.mssl import GROUND_CAMERAS, MSSL, SKY_CAMERAS, parse_mssl_hour, parse_mssl_name
 from datasets.synthetic_mssl import generate, main as synthetic_main
 from utils.errors import UserError
+from processor.settings import loader_settings
 
 
 def make_tree(root, layout: dict[str, list[str]]):
@@ -44,6 +45,15 @@ def basic_mssl(root, extra=None):
 
 
 # ---- name parsing ----
+
+@pytest.mark.parametrize('name, hour', [
+    ('0065_0909am_3_G003_c05_p0065_00.jpg', 9), ('0065_0325pm_3_G003_c05_p0065_00.jpg', 15),
+    ('0065_1210pm_1_G003_c05_p0065_00.jpg', 12), ('0065_1245am_1_G003_c05_p0065_00.jpg', 0),
+    ('0065_0960am_1_G003_c05_p0065_00.jpg', -1), ('0065_noon_1_G003_c05_p0065_00.jpg', -1)])
+def test_mssl_hour_of_capture(name, hour):
+    assert parse_mssl_hour(name) == hour
+    assert MSSL.capture_hour(name) == hour
+
 
 def test_parse_mssl_name_example():
     assert parse_mssl_name('0065_0909am_3_G003_c05_p0065_p0115_p0167_00.jpg') == (65, 4, 1)
@@ -230,10 +240,12 @@ def test_agreid_splits_and_identities(tmp_path):
 
 
 def test_init_dataset(tmp_path):
-    assert set(FACTORY) == {'mssl', 'agreid', 'market1501', 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv'}
+    assert set(FACTORY) == {'mssl', 'agreid', 'market1501', 'agreid_v2', 'cargo', 'g2aps_reid', 'lagper', 'csv',
+                            'msmt17', 'dukemtmcreid', 'occ_duke', 'veri', 'vehicleid'}
     assert isinstance(init_dataset('mssl', basic_mssl(tmp_path)), MSSL)
-    with pytest.raises(UserError, match='agreid, agreid_v2, cargo, csv, g2aps_reid, lagper, market1501, mssl'):
-        init_dataset('dukemtmc', str(tmp_path))
+    with pytest.raises(UserError, match='agreid, agreid_v2, cargo, csv, dukemtmcreid, g2aps_reid, lagper, market1501, '
+                                        'msmt17, mssl, occ_duke, vehicleid, veri'):
+        init_dataset('cuhk03', str(tmp_path))
 
 
 # ---- image loading ----
@@ -310,3 +322,25 @@ def test_generator_refuses_bad_arguments_and_existing_output(tmp_path, capsys):
     assert '--overwrite' in capsys.readouterr().err
     generate(str(tmp_path / 'y'), train_ids=2, test_ids=1, images_per_view=2, overwrite=True)
     assert len(os.listdir(tmp_path / 'y' / 'bounding_box_train')) == 2 * 2 * 2
+
+
+def test_loaders_normalise_with_the_configured_statistics(tiny_mssl):
+    """(pixel / 255 - INPUT.PIXEL_MEAN) / INPUT.PIXEL_STD per channel, in the test and the training loader
+    (augmentation off), with statistics that tell mean from std and channel from channel."""
+    import numpy as np
+    import torchvision.transforms as T
+    from config import load_config
+    from datasets.make_dataloader import make_ordered_loader, make_train_loader
+    from tests.helpers import tiny_opts
+    mean, std = [0.1, 0.3, 0.6], [0.7, 0.4, 0.2]
+    cfg = load_config('', tiny_opts(tiny_mssl, 'unused', 'INPUT.PIXEL_MEAN', str(mean), 'INPUT.PIXEL_STD', str(std),
+                                    'INPUT.PROB', '0.0', 'INPUT.PADDING', '0', 'INPUT.RE_PROB', '0.0'))
+    items, cpu = init_dataset('mssl', tiny_mssl).train, torch.device('cpu')
+    for loader, interpolation in ((make_ordered_loader(loader_settings(cfg), items[:4], cpu), T.InterpolationMode.BILINEAR),
+                                  (make_train_loader(loader_settings(cfg), items, cpu), T.InterpolationMode.BICUBIC)):
+        images, _, _, _, paths = next(iter(loader))
+        for image, path in zip(images[:3], paths):
+            pixels = np.array(T.Resize(list(cfg.INPUT.SIZE_TEST), interpolation)(Image.open(path).convert('RGB')))
+            expected = (torch.from_numpy(pixels).permute(2, 0, 1) / 255 - torch.tensor(mean)[:, None, None]) \
+                / torch.tensor(std)[:, None, None]
+            assert float((image - expected).abs().max()) < 1e-5, path

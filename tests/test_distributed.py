@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from tests.helpers import tiny_opts
 from utils import distributed
+from processor.settings import model_settings
 
 pytestmark = pytest.mark.slow  # subprocess runs of the scripts
 
@@ -88,7 +89,7 @@ def _check_helpers(out_dirs) -> None:
     out = Path(out_dirs[rank])
     from model import make_model
     cfg = load_config('', ['OUTPUT_DIR', str(out), 'MODEL.NAME', 'ViT-Tiny-16'])
-    model = make_model(cfg, 4, 15, 2, load_pretrained=False)  # a checkpoint describes a real model
+    model = make_model(model_settings(cfg), 4, 15, 2, load_pretrained=False)  # a checkpoint describes a real model
     path = save_checkpoint(cfg, model, 3)
     metrics = dict(mode='S2G', mAP=0.5, rank1=0.5, rank5=1.0, rank10=1.0, mINP=0.5, num_query=2,
                    num_valid_query=2, num_gallery=4, cmc=[0.5, 1.0])
@@ -204,7 +205,7 @@ def test_distributed_stage1_learns_the_single_process_prompts(tiny_mssl, torchru
     cfg = load_config('', tiny_opts(tiny_mssl, str(tmp_path)))
     seed_everything(cfg.SOLVER.SEED)  # as processor.run.Run does before the model is built
     dataset = init_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR)
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        text_views=text_views_to_learn(cfg))
     single = run_stage1(cfg, model, dataset.train, dataset.num_train_pids, torch.device('cpu'),
                         logging.getLogger('test_distributed'))

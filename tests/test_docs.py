@@ -40,6 +40,7 @@ PLACEHOLDERS = {
     '/path/to/mssl': 'data/mssl_synthetic',
     'logs/mssl_msp/ViT-B-16_60.pth': 'logs/mssl_msp/ViT-Tiny-16_1.pth',
     'logs/demo_mssl_synthetic/ViT-Tiny-16_60.pth': 'logs/demo_mssl_synthetic/ViT-Tiny-16_1.pth',
+    'logs/msmt17_tiny/ViT-B-16_60.pth': 'logs/msmt17_tiny/ViT-Tiny-16_1.pth',
 }
 
 

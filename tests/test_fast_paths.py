@@ -18,6 +18,7 @@ from model.make_model_clipreid import ReIDModel
 from processor.stage2 import train_stage2
 from tests.helpers import tiny_opts
 from utils.device import autocast, autocast_dtype
+from processor.settings import loader_settings, model_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypat
                                     'SOLVER.STAGE2.MAX_EPOCHS', '1', 'SOLVER.STAGE2.EVAL_PERIOD', '1'))
     dataset = init_dataset('mssl', tiny_mssl)
     torch.manual_seed(0)
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views)
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views)
     compiled = []
     real_compile = torch.compile
 
@@ -84,7 +85,7 @@ def test_solver_compile_compiles_the_stage2_model(tiny_mssl, tmp_path, monkeypat
     monkeypatch.setattr(torch, 'compile', spy)
     device = torch.device('cpu')
     text = {view: torch.randn(dataset.num_train_pids, model.image_encoder.embed_dim) for view in ('ground', 'sky')}
-    outcome = train_stage2(cfg, model, text, make_train_loader(cfg, dataset.train, device),
+    outcome = train_stage2(cfg, model, text, make_train_loader(loader_settings(cfg), dataset.train, device),
                            dataset.num_train_pids, device, logging.getLogger('test'))
     assert compiled == [model]
     assert torch.isfinite(torch.tensor(outcome['history'][0]['loss']))
@@ -96,6 +97,33 @@ def test_cpu_mixed_precision_only_on_explicit_bf16():
     assert autocast_dtype('bf16', cpu) is torch.bfloat16
     for amp in ('auto', 'fp16', 'off'):
         assert autocast_dtype(amp, cpu) is None, amp
+
+
+def test_auto_precision_on_cuda_counts_only_native_bf16_of_the_configured_gpu(monkeypatch):
+    """A V100 / T4 emulates bf16 (torch's default check says yes) at a fraction of fp16's speed: 'auto'
+    must pick fp16 there, asking the configured GPU, not the current one."""
+    asked = []
+
+    class RecordingDevice:  # stands in for torch.cuda.device: records which GPU the check runs on
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            asked.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    def volta_bf16(including_emulation=True):  # what torch says on a V100
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, 'device', RecordingDevice)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', volta_bf16)
+    second_gpu = torch.device('cuda', 1)
+    assert autocast_dtype('auto', second_gpu) is torch.float16
+    assert asked == [second_gpu]
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)  # an A100
+    assert autocast_dtype('auto', second_gpu) is torch.bfloat16
 
 
 def test_cpu_bf16_features_stay_close_to_fp32():

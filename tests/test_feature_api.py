@@ -18,8 +18,9 @@ from processor.inference import extract_features
 from processor.stage2 import save_checkpoint
 from solver.scheduler import WarmupMultiStepLR
 from tests.helpers import tiny_opts
-from utils import checkpoint
+from processor import resume as training_state
 from utils.errors import UserError
+from processor.settings import loader_settings, model_settings
 
 CPU = torch.device('cpu')
 
@@ -30,7 +31,7 @@ def write_tiny_checkpoint(root: str, out: str, *extra: str):
     cfg = load_config('', tiny_opts(root, out, *extra))
     dataset = init_dataset('mssl', root)
     torch.manual_seed(0)
-    model = make_model(cfg, dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
+    model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        load_pretrained=False)
     with torch.no_grad():  # BN statistics away from their defaults, so that a wrong neck shows
         model.bottleneck.running_mean.normal_()
@@ -44,7 +45,7 @@ def tiny_checkpoint(tiny_mssl, tmp_path_factory):
 
 
 def evaluator_features(cfg, model, items):
-    return F.normalize(extract_features(model, make_ordered_loader(cfg, items, CPU), CPU), dim=1)
+    return F.normalize(extract_features(model, make_ordered_loader(loader_settings(cfg), items, CPU), CPU), dim=1)
 
 
 def test_checkpoint_describes_its_model(tiny_checkpoint):
@@ -157,7 +158,7 @@ def test_resume_state_describes_its_model_too(tiny_checkpoint, tmp_path):
     cfg = load_config('', tiny_opts(os.path.dirname(os.path.dirname(dataset.query[0][0])), str(tmp_path)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = WarmupMultiStepLR(optimizer, milestones=[2])
-    resume = checkpoint.save_resume_state(cfg, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
+    resume = training_state.save_resume_state(cfg, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
                                           1, {}, [], path, CPU, meta=describe_model(cfg, model))
     assert torch.load(resume, weights_only=True)['meta'] == describe_model(cfg, model)
     paths = [p for p, *_ in dataset.query[:2]]

@@ -7,6 +7,7 @@ from loss.make_loss import image_to_text_loss, stage2_loss
 from loss.softmax_loss import CrossEntropyLabelSmooth
 from loss.supcontrast import SupConLoss
 from loss.triplet_loss import TripletLoss
+from tests.helpers import HostSyncs
 
 
 def smoothed_ce_by_hand(logits, targets, epsilon):
@@ -264,3 +265,23 @@ def test_msp_stage2_loss_matches_hand_computation(view_ids):
     assert parts['i2t_1'].item() == pytest.approx(i2t_ground, abs=1e-6)
     assert total.item() == pytest.approx(expected, rel=1e-5)
     assert torch.isfinite(total)
+
+
+def test_losses_read_nothing_on_the_host():
+    """No `.item()`, `bool()` or boolean-mask indexing: on a GPU these would make the host wait each step.
+    Covers the paths the training steps may not reach: soft margin, anchors and rows left out, empty masks."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(6, 4, generator=generator, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])  # identities 2 and 3 have no positive
+    text = torch.randn(4, 4, generator=generator)
+    some, none = torch.tensor([True, False] * 3), torch.zeros(6, dtype=torch.bool)
+    with HostSyncs() as syncs:
+        losses = [TripletLoss(0.3)(features, labels), TripletLoss(None)(features, labels),
+                  TripletLoss(0.3)(features, torch.zeros(6, dtype=torch.long)),
+                  SupConLoss()(features, text, labels, torch.arange(4)),
+                  CrossEntropyLabelSmooth(4)(features, labels),
+                  image_to_text_loss(features, text, labels, some, CrossEntropyLabelSmooth(4)),
+                  image_to_text_loss(features, text, labels, none, CrossEntropyLabelSmooth(4))]
+        sum(losses).backward()
+    assert syncs.found == []
+    assert all(bool(torch.isfinite(loss)) for loss in losses) and bool(torch.isfinite(features.grad).all())

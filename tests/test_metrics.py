@@ -1,4 +1,5 @@
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from utils.errors import UserError
+from utils.vocabulary import METRIC_KEYS
 from evaluation.rank import MODES, evaluate, evaluate_protocols, mode_query_mask
 from evaluation.rerank import re_ranking
 
@@ -92,11 +94,29 @@ def random_protocol(rng, num_query, num_gallery, num_ids, dim, int_range=0):
     return qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views
 
 
+RANK_KEYS = {key: int(key[len('rank'):]) for key in METRIC_KEYS if key.startswith('rank')}
+
+
+def assert_ranks_follow_the_cmc(result, cmc, tol=1e-6):
+    """Rank-k is the CMC curve at k, for every Rank-k reported."""
+    assert set(RANK_KEYS) == {'rank1', 'rank5', 'rank10'}
+    for key, k in RANK_KEYS.items():
+        assert result[key] == pytest.approx(cmc[k - 1], abs=tol), key
+
+
+def evaluator_distances(qf, gf, feat_norm):
+    """float64 squared distances as the evaluator ranks (integer features: exact, unnormalised)."""
+    if feat_norm:
+        qf, gf = qf / np.linalg.norm(qf, axis=1, keepdims=True), gf / np.linalg.norm(gf, axis=1, keepdims=True)
+    return squared_distances(qf.astype(np.float64), gf.astype(np.float64))
+
+
 def assert_same(result, expected, tol=1e-6):
     assert result['num_valid_query'] == expected['num_valid_query']
     assert result['mAP'] == pytest.approx(expected['mAP'], abs=tol)
     assert result['mINP'] == pytest.approx(expected['mINP'], abs=tol)
     np.testing.assert_allclose(result['cmc'], expected['cmc'], atol=tol, rtol=0)
+    assert_ranks_follow_the_cmc(result, expected['cmc'], tol)
 
 
 # ---------------------------------------------------------------- published figures
@@ -113,7 +133,7 @@ def test_matches_published_evaluator_on_protocol_vectors(mode):
     assert result['mAP'] == pytest.approx(expected['mAP'], abs=1e-6)
     assert result['mINP'] == pytest.approx(expected['mINP'], abs=1e-6)
     np.testing.assert_allclose(result['cmc'][:10], expected['cmc_rank1_to_10'], atol=1e-6, rtol=0)
-    assert result['rank1'] == pytest.approx(expected['cmc_rank1_to_10'][0], abs=1e-6)
+    assert_ranks_follow_the_cmc(result, expected['cmc_rank1_to_10'])
     assert result['num_gallery'] == len(arrays['g_pids'])
 
 
@@ -181,11 +201,7 @@ def test_protocols_at_once_match_plain_reference_per_protocol(integer):
     labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
     results = evaluate_protocols(qf, gf, *labels, mssl_protocols(q_views), chunk_size=11,
                                  feat_norm=not integer, return_per_query=True)
-    if integer:
-        distmat = squared_distances(qf.astype(np.float64), gf.astype(np.float64))
-    else:
-        distmat = squared_distances(qf / np.linalg.norm(qf, axis=1, keepdims=True),
-                                    gf / np.linalg.norm(gf, axis=1, keepdims=True))
+    distmat = evaluator_distances(qf, gf, feat_norm=not integer)
     assert list(results) == list(MODES)
     for mode in MODES:
         keep = mode_query_mask(mode, q_views)
@@ -221,6 +237,82 @@ def test_protocol_rows_in_any_order_and_removal_rules():
     expected = reference_evaluate(distmat, q_pids, g_pids, no_camera, g_cams, q_views, g_views, 'DDC')
     assert_same(results['nothing removed'], expected)
     assert results['nothing removed']['mAP'] != pytest.approx(evaluate(qf, gf, *labels, 'DDC')['mAP'])
+
+
+# ---------------------------------------------------------------- breakdowns
+def reference_pairs(distmat, q_pids, g_pids, q_cams, g_cams, q_views, g_views, mode, q_group, g_group):
+    """{(query group, gallery group): plain reference on that restricted query set and gallery}."""
+    cells = {}
+    for a in np.unique(q_group):
+        for b in np.unique(g_group):
+            qs, gs = q_group == a, g_group == b
+            with warnings.catch_warnings():  # a cell without a valid query: the mean of nothing
+                warnings.simplefilter('ignore', RuntimeWarning)
+                cells[a, b] = reference_evaluate(distmat[qs][:, gs], q_pids[qs], g_pids[gs], q_cams[qs], g_cams[gs],
+                                                 q_views[qs], g_views[gs], mode)
+    return cells
+
+
+@pytest.mark.parametrize('integer', [False, True], ids=['float', 'int-ties'])
+def test_breakdown_cells_equal_the_protocol_on_each_restricted_gallery(integer):
+    rng = np.random.default_rng(31 + integer)
+    qf, gf, q_pids, g_pids, q_cams, g_cams, q_views, g_views = random_protocol(
+        rng, num_query=70, num_gallery=120, num_ids=10, dim=5, int_range=2 if integer else 0)
+    labels = (q_pids, g_pids, q_cams, g_cams, q_views, g_views)
+    results = evaluate_protocols(qf, gf, *labels, mssl_protocols(q_views), chunk_size=9,
+                                 feat_norm=not integer, breakdown=True)
+    distmat = evaluator_distances(qf, gf, feat_norm=not integer)
+    checked = 0
+    for mode in MODES:
+        keep = mode_query_mask(mode, q_views)
+        for name, (q_group, g_group) in {'cameras': (q_cams, g_cams), 'views': (q_views, g_views)}.items():
+            table = results[mode]['breakdown'][name]
+            expected = reference_pairs(distmat[keep], q_pids[keep], g_pids, q_cams[keep], g_cams, q_views[keep],
+                                       g_views, mode, q_group[keep], g_group)
+            np.testing.assert_array_equal(table.query_groups, np.unique(q_group[keep]))
+            np.testing.assert_array_equal(table.gallery_groups, np.unique(g_group))
+            np.testing.assert_array_equal(table.queries, [(q_group[keep] == a).sum() for a in table.query_groups])
+            for i, a in enumerate(table.query_groups):
+                for j, b in enumerate(table.gallery_groups):
+                    cell = expected[a, b]
+                    assert table.valid[i, j] == cell['num_valid_query'], (mode, name, a, b)
+                    if cell['num_valid_query']:
+                        assert table.mAP[i, j] == pytest.approx(cell['mAP'], abs=1e-9), (mode, name, a, b)
+                        assert table.rank1[i, j] == pytest.approx(cell['cmc'][0], abs=1e-9), (mode, name, a, b)
+                        checked += 1
+                    else:
+                        assert np.isnan(table.mAP[i, j]) and np.isnan(table.rank1[i, j])
+    assert checked > 40
+
+
+def test_breakdown_from_a_distance_matrix_and_per_query_first_hits():
+    rng = np.random.default_rng(5)
+    qf, gf, *labels = random_protocol(rng, num_query=30, num_gallery=50, num_ids=6, dim=4)
+    distmat = torch.from_numpy(squared_distances(qf, gf) + rng.random((30, 50)))
+    from_features = evaluate(qf, gf, *labels, 'DDC', breakdown=True, return_per_query=True, feat_norm=False)
+    from_distmat = evaluate(qf, gf, *labels, 'DDC', distmat=distmat, breakdown=True)
+    assert from_distmat['breakdown']['cameras'].mAP[0, 1] != pytest.approx(
+        from_features['breakdown']['cameras'].mAP[0, 1], nan_ok=True)
+    q_pids, g_pids, q_cams, g_cams, q_views, g_views = labels
+    expected = reference_pairs(distmat.numpy(), *labels, 'DDC', q_views, g_views)
+    table = from_distmat['breakdown']['views']
+    for i, a in enumerate(table.query_groups):
+        for j, b in enumerate(table.gallery_groups):
+            assert table.mAP[i, j] == pytest.approx(expected[a, b]['mAP'], abs=1e-9)
+    rank1 = np.mean(from_features['first_hit_rank'] == 0)
+    assert rank1 == pytest.approx(from_features['rank1'])
+    assert len(from_features['first_hit_rank']) == from_features['num_valid_query']
+
+
+def test_query_groups_average_each_groups_counted_queries():
+    from evaluation.breakdown import query_groups
+    table = query_groups(labels=[9, 15, 9, 9, 15, 7], per_query_ap=[0.5, 1.0, 0.25, 0.2],
+                         first_hit_rank=[0, 0, 3, 2], valid_query_index=[0, 1, 2, 4])
+    np.testing.assert_array_equal(table.groups, [7, 9, 15])
+    np.testing.assert_array_equal(table.queries, [1, 3, 2])
+    np.testing.assert_array_equal(table.valid, [0, 2, 2])
+    np.testing.assert_allclose(table.mAP, [np.nan, 0.375, 0.6])
+    np.testing.assert_allclose(table.rank1, [np.nan, 0.5, 0.5])
 
 
 def test_protocol_errors():

@@ -17,6 +17,7 @@ from model.resnet_encoder import ReIDAttentionPool, ReIDResNetEncoder, resnet_fe
 from model.make_model_clipreid import ReIDModel
 from model.text_encoder import PromptLearner, TextEncoder
 from utils.errors import UserError
+from processor.settings import model_settings
 
 SKY = 'A sky photo of a X X X X person.'
 GROUND = 'A ground photo of a X X X X person.'
@@ -53,7 +54,7 @@ def make_cfg(**model_overrides) -> CN:
 
 def build(seed=0, num_classes=5, camera_num=3, view_num=2, text_views=(), load_pretrained=True, **overrides):
     torch.manual_seed(seed)
-    return make_model(make_cfg(**overrides), num_classes, camera_num, view_num,
+    return make_model(model_settings(make_cfg(**overrides)), num_classes, camera_num, view_num,
                       text_views=text_views, load_pretrained=load_pretrained)
 
 
@@ -485,7 +486,7 @@ def test_bad_neck_feat():
     cfg = make_cfg()
     cfg.TEST.NECK_FEAT = 'middle'
     with pytest.raises(UserError, match='TEST.NECK_FEAT'):
-        make_model(cfg, 3, 1, 1)
+        make_model(model_settings(cfg), 3, 1, 1)
 
 
 def test_no_hardcoded_cuda_in_model_package():

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,20 @@ from datasets import init_dataset
 from model import make_model
 from loss import make_loss
 from tests.helpers import ROOT, fails, tiny_opts
-from utils import atomic_io, checkpoint
+from processor import resume as training_state
+from utils import atomic_io
 from utils.errors import UserError
+from processor.settings import model_settings
 
 MODEL = 'ViT-Tiny-16'
 SHORT = ('SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE2.MAX_EPOCHS', '1')  # one epoch of each stage
 
 
 def written_outputs(out: Path) -> list:
-    """Checkpoints, caches, results and temporary files in an output folder (logs do not count)."""
-    return sorted(p.name for p in out.glob('*') if p.suffix in ('.pth', '.pt', '.json', '.npz', '.tmp')) + \
+    """Checkpoints, caches, results and temporary files in an output folder (logs and manifest.json, the
+    record of what ran, do not count)."""
+    return sorted(p.name for p in out.glob('*') if p.suffix in ('.pth', '.pt', '.json', '.npz', '.tmp')
+                  and p.name != 'manifest.json') + \
         sorted(p.name for p in out.glob('.*.tmp'))
 
 
@@ -213,7 +218,7 @@ class Payload:
 def reid_weights(path: Path, root: str, *overrides: str, num_classes: int = 0) -> Path:
     cfg = load_config('', tiny_opts(root, str(path.parent), *overrides))
     dataset = init_dataset('mssl', root)
-    model = make_model(cfg, num_classes or dataset.num_train_pids, dataset.num_train_cams,
+    model = make_model(model_settings(cfg), num_classes or dataset.num_train_pids, dataset.num_train_cams,
                        dataset.num_train_views, load_pretrained=False)
     torch.save({'model': model.image_state_dict(), 'epoch': 1}, path)
     return path
@@ -269,7 +274,7 @@ def test_checkpoint_of_another_identity_count_is_tested_without_its_classifiers(
 def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(tiny_mssl, tmp_path, capsys,
                                                                               monkeypatch):
     poisoned = []
-    real_loss, real_save = make_loss.msp_stage2_loss, checkpoint.save_resume_state
+    real_loss, real_save = make_loss.msp_stage2_loss, training_state.save_resume_state
 
     def loss(*args, **kwargs):
         value, parts = real_loss(*args, **kwargs)
@@ -281,7 +286,7 @@ def test_non_finite_loss_stops_with_the_iteration_and_the_last_good_checkpoint(t
         return path
 
     monkeypatch.setattr(make_loss, 'msp_stage2_loss', loss)  # what Stage2Criterion calls
-    monkeypatch.setattr(checkpoint, 'save_resume_state', save_then_poison)
+    monkeypatch.setattr(training_state, 'save_resume_state', save_then_poison)
     out = tmp_path / 'out'
     line = fails(train_clipreid.main, tiny_opts(tiny_mssl, str(out), 'SOLVER.STAGE1.MAX_EPOCHS', '1',
                                                 'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1'), capsys)
@@ -359,12 +364,12 @@ def test_resume_with_loader_workers_gives_the_uninterrupted_weights(tiny_mssl, t
 
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    state = checkpoint.capture_rng(torch.device('cpu'))
+    state = training_state.capture_rng(torch.device('cpu'))
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.save({'rng': [state]}, tmp_path / 'rng.pth')
     loaded = torch.load(tmp_path / 'rng.pth', weights_only=True)['rng'][0]
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
-    checkpoint.restore_rng(loaded, torch.device('cpu'))
+    training_state.restore_rng(loaded, torch.device('cpu'))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
 
@@ -374,8 +379,8 @@ def test_pruning_keeps_the_newest_checkpoints_of_this_run(tmp_path):
         (tmp_path / f'{MODEL}_{epoch}.pth').write_bytes(b'x')
     (tmp_path / 'resume.pth').write_bytes(b'x')
     (tmp_path / f'{MODEL}_best.pth').write_bytes(b'x')
-    assert checkpoint.prune_checkpoints(str(tmp_path), MODEL, 0, 5) == []
-    removed = checkpoint.prune_checkpoints(str(tmp_path), MODEL, 2, 5)
+    assert training_state.prune_checkpoints(str(tmp_path), MODEL, 0, 5) == []
+    removed = training_state.prune_checkpoints(str(tmp_path), MODEL, 2, 5)
     assert sorted(Path(p).name for p in removed) == [f'{MODEL}_1.pth', f'{MODEL}_2.pth']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f'{MODEL}_3.pth', f'{MODEL}_5.pth', f'{MODEL}_9.pth', 'resume.pth', f'{MODEL}_best.pth'])
@@ -393,6 +398,51 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         atomic_io.torch_save({'epoch': 2}, str(path))
     assert torch.load(path, weights_only=True) == {'epoch': 1}
     assert [p.name for p in tmp_path.iterdir()] == ['resume.pth']
+
+
+class OnAGpu(torch.Tensor):
+    """Stands in for a CUDA tensor on a machine without one: it becomes a plain tensor only when moved
+    to the CPU (a file holding it cannot be read with torch.load(weights_only=True))."""
+    moved = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        to_cpu = func is torch.Tensor.cpu or (func is torch.Tensor.to and torch.device(
+            kwargs.get('device', args[1] if len(args) > 1 else 'cpu')).type == 'cpu')
+        if to_cpu:
+            cls.moved += 1
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_files_are_written_with_cpu_tensors(tmp_path):
+    """What a GPU run saves (weights, resume state, the published-format export) loads with a plain
+    torch.load on a machine without a GPU."""
+    OnAGpu.moved = 0
+    weights = torch.arange(6.0).reshape(2, 3)
+    state = OrderedDict([('layer.weight', weights.as_subclass(OnAGpu)),
+                         ('nested', [(weights.as_subclass(OnAGpu),)])])
+    path = tmp_path / 'ViT-B-16_60.pth'
+    atomic_io.torch_save(state, str(path))
+    loaded = torch.load(path, weights_only=True)
+    assert OnAGpu.moved == 2
+    assert isinstance(loaded, OrderedDict) and type(loaded['layer.weight']) is torch.Tensor
+    assert torch.equal(loaded['layer.weight'], weights) and torch.equal(loaded['nested'][0][0], weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device to save from')
+def test_checkpoint_saved_from_a_gpu_loads_where_there_is_none(tmp_path):
+    cfg = load_config('', tiny_opts('unused', str(tmp_path)))
+    model = make_model(model_settings(cfg), 4, camera_num=3, view_num=2, load_pretrained=False).to('cuda')
+    from processor.stage2 import save_checkpoint
+    path = save_checkpoint(cfg, model, 1)
+    code = (f"import torch; state = torch.load({path!r}, weights_only=True); "
+            f"print({{tensor.device.type for tensor in state['model'].values()}})")
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    assert done.returncode == 0 and done.stdout.strip() == "{'cpu'}", done.stderr
 
 
 # ---------------------------------------------------------------------------------------------

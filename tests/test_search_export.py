@@ -48,6 +48,24 @@ def test_chunked_top_k_equals_the_full_ranking():
     assert top_k(qf, gf[:3], k=10, chunk_size=2)[1].shape == (7, 3)
 
 
+@pytest.mark.parametrize('device', ['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
+def test_search_ranks_on_the_model_device(tiny_mssl, checkpoint, tmp_path, monkeypatch, device):
+    """--device cuda extracts on the GPU and ranks there too (the features come back to the CPU first)."""
+    import search_clipreid
+    from processor import search
+    asked, computed = [], []
+    real_top_k, real_distances = search.top_k, search.query_distances
+    monkeypatch.setattr(search_clipreid, 'top_k',
+                        lambda *a, **k: asked.append(k.get('device')) or real_top_k(*a, **k))
+    monkeypatch.setattr(search, 'query_distances',
+                        lambda q, *a: computed.append(q.device.type) or real_distances(q, *a))
+    search_clipreid.main(['--weight', checkpoint, '--query', f'{tiny_mssl}/query', '--gallery',
+                          f'{tiny_mssl}/bounding_box_test', '--output', str(tmp_path), '--workers', '0',
+                          '--picture-queries', '0', '--device', device])
+    assert [getattr(where, 'type', where) for where in asked] == [device]
+    assert computed and set(computed) == {device}
+
+
 @pytest.mark.slow
 def test_search_with_dataset_file_names(tiny_mssl, checkpoint, tmp_path):
     result = run('search_clipreid.py', '--weight', checkpoint, '--query', f'{tiny_mssl}/query',

@@ -12,6 +12,7 @@ from PIL import Image
 import test_clipreid
 import train_clipreid
 from config import load_config
+from processor.settings import report_settings
 from tests.helpers import tiny_opts
 from evaluation import ranked_lists
 from reporting import metrics_log, visualize
@@ -158,7 +159,7 @@ def test_reports_write_the_expected_pictures_and_table(tmp_path):
     cfg = load_config('', ['OUTPUT_DIR', str(out), 'DATASETS.NAMES', 'mssl', 'TEST.VISUALIZE', 'True',
                            'TEST.VISUALIZE_QUERIES', '3', 'TEST.VISUALIZE_TOPK', '4'])
     outcome = _outcome(tmp_path, ['S2G', 'DDC'])
-    written = visualize.write_reports(cfg, outcome, LOGGER, {'weights': 'w.pth'})
+    written = visualize.write_reports(report_settings(cfg), outcome, LOGGER, {'weights': 'w.pth'})
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ['results.md', 'cmc.png', 'ranked_S2G.png', 'ranked_DDC.png'])
     assert len(written) == 4
@@ -179,7 +180,7 @@ def test_reports_write_the_expected_pictures_and_table(tmp_path):
 
 def test_no_ranked_lists_unless_asked(tmp_path):
     cfg = load_config('', ['OUTPUT_DIR', str(tmp_path), 'DATASETS.NAMES', 'mssl'])
-    visualize.write_reports(cfg, _outcome(tmp_path, ['G2S']), LOGGER)
+    visualize.write_reports(report_settings(cfg), _outcome(tmp_path, ['G2S']), LOGGER)
     assert not list(tmp_path.glob('ranked_*.png'))
     assert (tmp_path / 'results.md').is_file() and (tmp_path / 'cmc.png').is_file()
 
@@ -280,3 +281,96 @@ def test_training_and_testing_write_metrics_curves_and_reports(tiny_mssl, tmp_pa
             test_out / 'results.md').read_text()
     evals = metrics_log.read_records(str(test_out / 'metrics.jsonl'))
     assert [r['weight'] for r in evals] == [checkpoint] * 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Breakdown files
+# ---------------------------------------------------------------------------------------------
+def test_camera_heatmap_groups_the_15_mssl_cameras_by_view(tmp_path):
+    from datasets.mssl import CAMERA_VIEW
+    from evaluation.breakdown import PairTable
+    from reporting.breakdown import plot_camera_heatmap
+    rng = np.random.default_rng(0)
+    cameras = np.arange(15)
+    valid = rng.integers(0, 6, (15, 15))
+    table = PairTable(query_groups=cameras, gallery_groups=cameras, queries=np.full(15, 6), valid=valid,
+                      ap_sum=valid * rng.random((15, 15)), hits=np.minimum(valid, 1))
+    path = tmp_path / 'heatmap.png'
+    rows, columns = plot_camera_heatmap(table, {number - 1: view for number, view in CAMERA_VIEW.items()},
+                                        str(path), 'DDC', 'mssl')
+    sky, ground = ['c04', 'c05', 'c09', 'c10', 'c14', 'c15'], ['c01', 'c02', 'c03', 'c06', 'c07', 'c08', 'c11',
+                                                               'c12', 'c13']
+    assert rows == columns == sky + ground
+    with Image.open(path) as image:
+        assert image.width > 600 and image.height > 500
+
+
+def test_breakdown_csv_files(tmp_path):
+    from evaluation.breakdown import GroupTable, PairTable
+    from reporting.breakdown import write_breakdowns
+    pairs = PairTable(query_groups=np.array([0, 1]), gallery_groups=np.array([0, 1]), queries=np.array([3, 2]),
+                      valid=np.array([[0, 3], [2, 1]]), ap_sum=np.array([[0.0, 1.5], [2.0, 0.25]]),
+                      hits=np.array([[0, 1], [2, 0]]))
+    hours = GroupTable(groups=np.array([-1, 9, 15]), queries=np.array([1, 2, 2]), valid=np.array([1, 2, 0]),
+                       ap_sum=np.array([0.5, 1.0, 0.0]), hits=np.array([1, 1, 0]))
+    columns = _columns(['a.jpg', 'b.jpg'], [1, 2], [0, 1], [1, 0])
+    written = write_breakdowns(str(tmp_path), 'S2G', {'views': pairs, 'cameras': pairs, 'hours': hours},
+                               columns, columns, 'mssl')
+    assert [p.rsplit('/', 1)[1] for p in written] == [
+        'breakdown_S2G_views.csv', 'breakdown_S2G_cameras.csv', 'breakdown_S2G_hours.csv', 'breakdown_S2G_cameras.png']
+    assert (tmp_path / 'breakdown_S2G_views.csv').read_text().splitlines() == [
+        'query_view,gallery_view,queries,valid_queries,mAP,rank1',
+        'ground,ground,3,0,,', 'ground,sky,3,3,0.500000,0.333333',
+        'sky,ground,2,2,1.000000,1.000000', 'sky,sky,2,1,0.250000,0.000000']
+    assert (tmp_path / 'breakdown_S2G_cameras.csv').read_text().splitlines()[1] == 'c01,c01,3,0,,'
+    assert (tmp_path / 'breakdown_S2G_hours.csv').read_text().splitlines() == [
+        'hour,queries,valid_queries,mAP,rank1', 'unknown,1,1,0.500000,1.000000', '9,2,2,0.500000,0.500000',
+        '15,2,0,,']
+
+
+def test_embedding_map_of_clustered_features(tmp_path):
+    from reporting.embedding import chosen_identities, plot_embedding
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((30, 16)) * 4
+    q_pids, g_pids = np.repeat(np.arange(25), 2), np.repeat(np.arange(5, 30), 6)  # ids 5-24 in both
+    qf, gf = centres[q_pids] + rng.standard_normal((50, 16)), centres[g_pids] + rng.standard_normal((150, 16))
+    query = _columns(['q.jpg'] * 50, q_pids, np.zeros(50), q_pids % 2)
+    gallery = _columns(['g.jpg'] * 150, g_pids, np.zeros(150), np.arange(150) % 2)
+    np.testing.assert_array_equal(chosen_identities(query, gallery, 8), np.arange(5, 13))
+    drawn = plot_embedding(torch.from_numpy(qf), torch.from_numpy(gf), query, gallery, str(tmp_path / 'map.png'),
+                           'DDC', max_ids=8)
+    assert drawn['points'] == 8 * 2 + 8 * 6 and drawn['query_points'] == 16
+    with Image.open(tmp_path / 'map.png') as picture:
+        assert picture.size == (760, 640)
+    assert plot_embedding(qf, gf, query, _columns(['g.jpg'], [99], [0], [0]), str(tmp_path / 'none.png'), 'DDC',
+                          max_ids=8)['points'] == 0
+    assert not (tmp_path / 'none.png').exists()
+
+
+def test_ranked_list_with_attention_maps_under_the_queries(tmp_path):
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    paths = _solid_images(tmp_path, colors)
+    query = _columns(paths[:2], [1, 2], [0, 1], [1, 0])
+    gallery = _columns(paths[2:], [1, 2], [2, 3], [0, 1])
+    ranked = [ranked_lists.RankedQuery(query=q, tag='hard', ap=0.5, gallery=np.array([0, 1]),
+                                       match=np.array([q == 0, q == 1]), dist=np.zeros(2)) for q in (0, 1)]
+    plain = visualize.draw_ranked_lists(ranked, query, gallery, str(tmp_path / 'plain.png'), topk=2)
+    heat = np.zeros((8, 4))
+    heat[:2] = 1.0
+    size = visualize.draw_ranked_lists(ranked, query, gallery, str(tmp_path / 'maps.png'), topk=2,
+                                       query_attention=[heat, heat])
+    assert size[0] == plain[0] and size[1] > plain[1]
+    with Image.open(tmp_path / 'maps.png') as picture:
+        layout = visualize.Layout(attention=True)
+        x, y = layout.cell_origin(1, 0)
+        y += layout.cell_size[1] + layout.text_height + layout.border
+        top, bottom = picture.getpixel((x + 30, y + 10)), picture.getpixel((x + 30, y + layout.image_size[0] - 10))
+    assert top[0] - bottom[0] > 40 and bottom[2] - top[2] > 40  # high top half: red; low bottom half: blue
+
+
+def test_pictures_name_each_datasets_cameras_and_views():
+    from datasets import camera_name, view_name
+    assert [camera_name(name, 0) for name in ('mssl', 'msmt17', 'dukemtmcreid', 'veri', 'vehicleid')] == [
+        'c01', 'c01', 'c1', 'c001', 'cam0']
+    assert view_name('mssl', 1) == 'sky' and view_name('msmt17', 1) == 'sky'
+    assert view_name('veri', 1) == 'viewpoint 1' and view_name('vehicleid', 0) == ''

@@ -1,6 +1,7 @@
 """Writes that never leave a half-written file: a temporary file in the same folder, fsync, rename."""
 import os
 import tempfile
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
@@ -43,7 +44,21 @@ def write_text(path: str, text: str) -> None:
         handle.write(text)
 
 
+def on_cpu(obj):
+    """`obj` with every tensor in its dicts, lists and tuples moved to the CPU (CPU tensors as they are)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return (OrderedDict if isinstance(obj, OrderedDict) else dict)((k, on_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj) if type(obj) in (list, tuple) else obj
+    return obj
+
+
 def torch_save(obj, path: str) -> None:
+    """Write `obj` with its tensors on the CPU: a file saved from a GPU records each tensor's device, and a
+    plain `torch.load` (the published code's, a tracker's) then fails on a machine without that device."""
+    obj = on_cpu(obj)
     with _atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

@@ -27,6 +27,13 @@ ALL_PROTOCOLS = 'ALL'
 MSSL_REMOVAL = {'S2G': SAME_VIEW, 'G2S': SAME_VIEW, 'DDC': SAME_CAMERA}
 # The view whose queries a view-specific MSSL protocol uses.
 MSSL_QUERY_VIEW = {'S2G': SKY, 'G2S': GROUND}
+# Every query against the whole gallery, the query's identity in the query's camera removed: MSSL's
+# DDC, and the one protocol of the single-view datasets (Market-1501, MSMT17, DukeMTMC-reID, VeRi-776).
+DDC = 'DDC'
+# VehicleID: one protocol per random draw of its gallery (trial1, trial2, ...), reported together as
+# the mean and sample standard deviation over the draws under the name TRIALS.
+TRIAL_PREFIX = 'trial'
+TRIALS = 'trials'
 
 # Text views: 'all' is the single CLIP-ReID prompt, 'sky' / 'ground' the MSP view prompts.
 TEXT_VIEWS = ('all', 'sky', 'ground')
@@ -49,6 +56,14 @@ METRICS_JSONL = 'metrics.jsonl'
 RESULTS_TABLE = 'results.md'
 CMC_PLOT = 'cmc.png'
 TRAINING_CURVES = 'training_curves.png'
+MANIFEST_FILE = 'manifest.json'
+TENSORBOARD_DIR = 'tensorboard'
+# tools/experiment.py's outputs: its description, one folder per seed, the summary over the seeds.
+EXPERIMENT_FILE = 'experiment.json'
+SUMMARY_JSON = 'summary.json'
+SUMMARY_CSV = 'summary.csv'
+SUMMARY_TABLE = 'summary.md'
+SUMMARY_PLOT = 'summary.png'
 # search_clipreid.py's outputs.
 SEARCH_CSV = 'search_results.csv'
 SEARCH_JSON = 'search_results.json'
@@ -66,6 +81,34 @@ def features_file(protocol: str) -> str:
 
 def ranked_file(protocol: str) -> str:
     return f'ranked_{protocol}.png'
+
+
+def seed_folder(seed: int) -> str:
+    return f'seed_{seed}'
+
+
+# Breakdowns of a protocol (evaluation/breakdown.py) and the columns of their CSV files.
+BREAKDOWN_COLUMNS = {
+    'cameras': ('query_camera', 'gallery_camera', 'queries', 'valid_queries', 'mAP', 'rank1'),
+    'views': ('query_view', 'gallery_view', 'queries', 'valid_queries', 'mAP', 'rank1'),
+    'hours': ('hour', 'queries', 'valid_queries', 'mAP', 'rank1'),
+}
+# tools/attention_maps.py: one picture per image (its name + this suffix) and one grid of all.
+ATTENTION_SUFFIX = '_attention.png'
+ATTENTION_GRID = 'attention_maps.png'
+
+
+def breakdown_file(protocol: str, kind: str) -> str:
+    """breakdown_<protocol>_<kind>.csv, kind one of BREAKDOWN_COLUMNS."""
+    return f'breakdown_{protocol}_{kind}.csv'
+
+
+def breakdown_heatmap_file(protocol: str) -> str:
+    return f'breakdown_{protocol}_cameras.png'
+
+
+def embedding_file(protocol: str) -> str:
+    return f'embedding_{protocol}.png'
 
 
 def checkpoint_file(model_name: str, epoch: int) -> str:
