@@ -194,3 +194,17 @@ def test_tool_refuses_bad_input_in_one_line(tiny_mssl, tmp_path, capsys):
                              '--output', str(out)], capsys)
     assert 'missing.jpg' in line
     assert not out.exists()  # nothing half-written
+
+
+def test_the_resnet_encoder_gets_grad_cam_on_its_last_stage():
+    """CLIP-ReID's CNN backbone (RN-Tiny standing for RN50): Grad-CAM on the stride-1 last stage."""
+    from model.attention_maps import last_spatial_layer
+    from model.clip_loader import build_clip
+    torch.manual_seed(0)
+    model = ReIDModel(build_clip('RN-Tiny'), 3, image_size=(64, 32), model_name='RN-Tiny').eval()
+    images = torch.randn(2, 3, 64, 32)
+    assert method_for(model) == GRAD_CAM
+    assert last_spatial_layer(model.image_encoder, images, {}) is model.image_encoder.layer4
+    maps = attention_maps(model, images)
+    assert maps.shape == (2, 64, 32) and float(maps.amax()) == 1.0 and float(maps.amin()) >= 0
+    assert not torch.allclose(maps[0], maps[1])

@@ -17,20 +17,18 @@ from PIL import Image
 import processor.stage2 as stage2
 import search_clipreid
 import test_clipreid
-from config import _merge_opts, _merge_yaml, get_defaults, load_config
+from config import load_config
 from datasets.transforms import build_transforms
 from loss.make_loss import image_to_text_loss, stage2_loss
 from model import clip_loader, make_model, resnet_encoder
-from model.checkpoint_meta import meta_from_config
-from model.feature_api import FeatureExtractor, build_model, load_reid_model
+from model.feature_api import FeatureExtractor, load_reid_model
 from model.make_model_clipreid import ReIDModel
-from model.published_format import from_published
+from processor.settings import model_settings
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch
 from tests.helpers import fails
 from tools import convert_published, export_onnx
 from utils.errors import UserError
-from processor.settings import model_settings
 
 REF = Path(__file__).parent / 'data' / 'clipreid_reference'
 RN_ARCH, VIT_ARCH = 'RN-RefTiny', 'ViT-RefTiny2-16'  # the sizes of the reference checkpoints (README)
@@ -48,13 +46,13 @@ CASES = {
                         config='configs/person/cnn_clipreid.yml'),
     'rn50_vehicle': dict(arch=RN_ARCH, size=(256, 256), stride=(16, 16), norm=IMAGENET, root=VERI,
                          classes=4, cameras=20, views=8, sie=(False, False), coe=3.0,
-                         config='configs/person/cnn_clipreid.yml'),
+                         config='configs/veri/cnn_prom.yml'),
     'vit_person_sie': dict(arch=VIT_ARCH, size=(256, 128), stride=(12, 12), norm=HALF, root=MARKET,
                            classes=3, cameras=6, views=1, sie=(True, False), coe=1.0,
                            config='configs/person/vit_clipreid.yml'),
     'vit_vehicle_sie': dict(arch=VIT_ARCH, size=(256, 256), stride=(16, 16), norm=HALF, root=VERI,
                             classes=4, cameras=20, views=8, sie=(True, True), coe=1.0,
-                            config='configs/person/vit_clipreid.yml'),
+                            config='configs/veri/vit_prom.yml'),
 }
 
 
@@ -207,11 +205,12 @@ def test_a_resnet_checkpoint_of_another_input_size_names_the_size():
 # ---------------------------------------------------------------------------------------------
 # What a user passes with each checkpoint (besides MODEL.NAME, here the tiny reference archs).
 OVERRIDES = {
-    'rn50_person': [],
-    'rn50_vehicle': ['INPUT.SIZE_TRAIN', '[256, 256]', 'INPUT.SIZE_TEST', '[256, 256]'],
-    'vit_person_sie': ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '1.0', 'MODEL.STRIDE_SIZE', '[12, 12]'],
-    'vit_vehicle_sie': ['MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_VIEW', 'True', 'MODEL.SIE_COE', '1.0',
-                        'INPUT.SIZE_TRAIN', '[256, 256]', 'INPUT.SIZE_TEST', '[256, 256]'],
+    'rn50_person': ['DATASETS.NAMES', 'market1501'],
+    'rn50_vehicle': ['DATASETS.NAMES', 'veri'],
+    'vit_person_sie': ['DATASETS.NAMES', 'market1501', 'MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_COE', '1.0',
+                       'MODEL.STRIDE_SIZE', '[12, 12]'],
+    'vit_vehicle_sie': ['DATASETS.NAMES', 'veri', 'MODEL.SIE_CAMERA', 'True', 'MODEL.SIE_VIEW', 'True',
+                        'MODEL.SIE_COE', '1.0'],
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,9 +220,8 @@ def reference_archs(monkeypatch):
     monkeypatch.setattr(clip_loader, 'supported_models', lambda: [RN_ARCH, VIT_ARCH])
 
 
-def user_options(name: str, dataset='market1501') -> list:
-    return [str(ROOT / CASES[name]['config']), 'MODEL.NAME', CASES[name]['arch'], 'DATASETS.NAMES', dataset,
-            *OVERRIDES[name]]
+def user_options(name: str) -> list:
+    return [str(ROOT / CASES[name]['config']), 'MODEL.NAME', CASES[name]['arch'], *OVERRIDES[name]]
 
 
 def rows_by_name(reference, name: str, paths) -> list:
@@ -231,7 +229,7 @@ def rows_by_name(reference, name: str, paths) -> list:
     return [row_of[Path(p).name] for p in paths]
 
 
-@pytest.mark.parametrize('name', ['rn50_person', 'vit_person_sie'])
+@pytest.mark.parametrize('name', list(CASES))
 def test_test_clipreid_with_a_clipreid_checkpoint(reference, reference_archs, tmp_path, name):
     """CLIP-ReID's evaluation command with its checkpoint (TEST.WEIGHT): the features it saves are
     CLIP-ReID's."""
@@ -239,7 +237,7 @@ def test_test_clipreid_with_a_clipreid_checkpoint(reference, reference_archs, tm
     out = tmp_path / 'out'
     metrics = test_clipreid.main([
         '--config_file', config, *opts, 'TEST.WEIGHT', str(REF / f'{name}.pth'), 'MODEL.DEVICE', 'cpu',
-        'DATASETS.ROOT_DIR', str(MARKET), 'OUTPUT_DIR', str(out), 'DATALOADER.NUM_WORKERS', '0',
+        'DATASETS.ROOT_DIR', str(CASES[name]['root']), 'OUTPUT_DIR', str(out), 'DATALOADER.NUM_WORKERS', '0',
         'TEST.SAVE_FEATURES', 'True'])
     assert set(metrics) == {'DDC'}
     saved = np.load(out / 'features_DDC.npz', allow_pickle=False)
@@ -248,31 +246,17 @@ def test_test_clipreid_with_a_clipreid_checkpoint(reference, reference_archs, tm
         assert relative_difference(saved[feats], reference[f'{name}/features'][rows]) < 1e-4
 
 
-@pytest.mark.parametrize('name', ['rn50_person', 'rn50_vehicle', 'vit_person_sie'])
+@pytest.mark.parametrize('name', list(CASES))
 def test_load_reid_model_with_a_clipreid_checkpoint(reference, reference_archs, name):
+    """A VeRi model's cameras x viewpoints table is split by VeRi-776's 20 cameras (8 viewpoints)."""
     config, *opts = user_options(name)
     model = load_reid_model(str(REF / f'{name}.pth'), device='cpu', config_file=config, opts=opts)
+    if name == 'vit_vehicle_sie':
+        assert (model.reid_meta['camera_num'], model.reid_meta['view_num']) == (20, 8)
     extract = FeatureExtractor(model, normalize=False)
-    got = extract([str(p) for p in image_paths(name, reference)], cameras=reference[f'{name}/camids'].tolist())
+    got = extract([str(p) for p in image_paths(name, reference)], cameras=reference[f'{name}/camids'].tolist(),
+                  views=reference[f'{name}/views'].tolist())
     assert relative_difference(got, reference[f'{name}/features']) < 1e-4
-
-
-def test_a_vehicle_sie_table_is_split_by_the_cameras_of_veri(reference, reference_archs):
-    """A cameras x viewpoints table of a VeRi-776 model (20 cameras, 8 viewpoints): its description from the
-    config splits it with VeRi's 20 cameras."""
-    cfg = get_defaults()
-    config, *opts = user_options('vit_vehicle_sie', dataset='veri')
-    _merge_yaml(cfg, config)
-    _merge_opts(cfg, opts)
-    state, _ = from_published(checkpoint('vit_vehicle_sie'))
-    meta = meta_from_config(cfg, state, 'the VeRi checkpoint')
-    assert (meta['camera_num'], meta['view_num']) == (20, 8)
-    model = build_model(meta)
-    model.load_image_state_dict(state, for_test=True)
-    got = FeatureExtractor(model.eval(), normalize=False)(
-        [str(p) for p in image_paths('vit_vehicle_sie', reference)],
-        cameras=reference['vit_vehicle_sie/camids'].tolist(), views=reference['vit_vehicle_sie/views'].tolist())
-    assert relative_difference(got, reference['vit_vehicle_sie/features']) < 1e-4
 
 
 @pytest.mark.parametrize('name', ['rn50_person', 'vit_person_sie'])

@@ -16,8 +16,8 @@ from model.image_encoder import ImageEncoder, ReIDImageEncoder, build_image_enco
 from model.resnet_encoder import ReIDAttentionPool, ReIDResNetEncoder, resnet_feature_grid
 from model.make_model_clipreid import ReIDModel
 from model.text_encoder import PromptLearner, TextEncoder
-from utils.errors import UserError
 from processor.settings import model_settings
+from utils.errors import UserError
 
 SKY = 'A sky photo of a X X X X person.'
 GROUND = 'A ground photo of a X X X X person.'
