@@ -273,7 +273,7 @@ def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP'
     """summary.png of an experiment: per metric, each seed's value per protocol (one colour a seed) and
     the mean ± sample standard deviation beside them."""
     keys = list(summary)
-    figure = _figure(max(4.0, 1.1 * len(keys) + 1.5) * len(metrics), 3.8)
+    figure = new_figure(max(4.0, 1.1 * len(keys) + 1.5) * len(metrics), 3.8)
     for k, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), k + 1)
         offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else [0.0]
@@ -293,7 +293,7 @@ def plot_seed_summary(runs: list[dict], summary: dict, path: str, metrics=('mAP'
         axes.grid(alpha=0.3, axis='y')
         axes.legend(fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------
