@@ -88,7 +88,7 @@ def tiny_shapes(name: str, root: str, out, model: str = 'ViT-Tiny-16') -> list:
             'INPUT.PADDING', '4', 'DATALOADER.NUM_WORKERS', '0', 'SOLVER.STAGE1.IMS_PER_BATCH', '16',
             'SOLVER.STAGE1.MAX_EPOCHS', '1', 'SOLVER.STAGE1.WARMUP_EPOCHS', '1', 'SOLVER.STAGE2.IMS_PER_BATCH', '16',
             'SOLVER.STAGE2.MAX_EPOCHS', '1', 'SOLVER.STAGE2.BASE_LR', '0.0005', 'SOLVER.STAGE2.EVAL_PERIOD', '1',
-            'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1', 'TEST.IMS_PER_BATCH', '32',
+            'SOLVER.STAGE2.CHECKPOINT_PERIOD', '1', 'TEST.IMS_PER_BATCH', '32', 'TEST.SAVE_FEATURES', 'True',
             'DATASETS.NAMES', name, 'DATASETS.ROOT_DIR', root, 'OUTPUT_DIR', str(out)]
 
 
@@ -111,7 +111,7 @@ def test_clipreid_dataset_trains_and_evaluates_with_its_config(tmp_path, name, c
     root = generate(name, str(tmp_path / 'data'), train_ids=4, test_ids=3)
     out = tmp_path / 'train'
     train_clipreid.main(['--config_file', config, *tiny_shapes(name, root, out, model), *extra])  # in-process: faster
-    read_results(out, ['DDC'])
+    read_results(out, ['DDC'], init_dataset(name, root))
     assert (out / f'{model}_1.pth').is_file()
     stage1_ran = 'Stage 1 [all]' in (out / 'train_log.txt').read_text()
     assert stage1_ran == (not config.endswith('_base.yml'))
@@ -125,12 +125,13 @@ def test_clipreid_readme_commands_on_msmt17(tmp_path):
     result = run_script('train_clipreid.py', '--config_file', 'configs/person/vit_clipreid.yml', *readme,
                         *tiny_shapes('msmt17', root, out))
     assert result.returncode == 0, result.stderr[-2000:]
-    trained = read_results(out, ['DDC'])['DDC']
+    msmt17 = init_dataset('msmt17', root)
+    trained = read_results(out, ['DDC'], msmt17)['DDC']
     tested = tmp_path / 'test'
     result = run_script('test_clipreid.py', '--config_file', 'configs/person/vit_clipreid.yml', 'TEST.WEIGHT',
                         str(out / 'ViT-Tiny-16_1.pth'), *readme, *tiny_shapes('msmt17', root, tested))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_results(tested, ['DDC'])['DDC']['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
+    assert read_results(tested, ['DDC'], msmt17)['DDC']['mAP'] == pytest.approx(trained['mAP'], abs=1e-6)
 
 
 def test_vehicleid_reports_the_mean_and_std_over_its_gallery_draws(tmp_path):
@@ -142,7 +143,7 @@ def test_vehicleid_reports_the_mean_and_std_over_its_gallery_draws(tmp_path):
     tested = tmp_path / 'test'
     test_clipreid.main(['--config_file', 'configs/VehicleID/vit_clipreid.yml', 'TEST.WEIGHT',
                         str(out / 'ViT-Tiny-16_1.pth'), *tiny_shapes('vehicleid', root, tested), *draws])
-    trials = read_results(tested, ['trial1', 'trial2', 'trial3'])
+    trials = read_results(tested, ['trial1', 'trial2', 'trial3'], init_dataset('vehicleid', root))
     summary = json.loads((tested / 'results_trials.json').read_text())
     assert summary['members'] == ['trial1', 'trial2', 'trial3']
     for key in ('mAP', 'rank1'):
