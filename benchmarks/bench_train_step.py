@@ -182,7 +182,7 @@ def make_step(spec: dict):
 
 
 def keep_cuda_calls_on_cpu():
-    """CLIP-ReID's code moves its model and tensors with `.to("cuda")` / `.cuda()` (its loss every step);
+    """CLIP-ReID's code moves its model and tensors with `.to("cuda")` and the tensor method `cuda` (its loss every step);
     without a GPU those calls leave them where they are, for the rest of this worker process."""
     module_to = torch.nn.Module.to
 
