@@ -14,7 +14,7 @@ from utils.checkpoint import load_checkpoint_file
 from utils.device import deterministic_operations_only
 from utils.errors import UserError, exit_on_user_error
 from utils.vocabulary import TEST_LOG
-from processor.settings import model_settings
+from processor.settings import description_settings, model_settings
 
 
 def load_reid_checkpoint(path: str) -> tuple[dict, dict | None]:
@@ -37,7 +37,7 @@ def evaluate(run: Run) -> dict:
     cfg, dataset, device, logger = run.cfg, run.dataset, run.device, run.logger
     weight = cfg.TEST.WEIGHT
     state, meta = load_reid_checkpoint(weight) if weight else (None, None)
-    for difference in config_differences(meta, cfg):
+    for difference in config_differences(meta, description_settings(cfg)):
         logger.warning(f"{weight} was trained with {difference}: the features may not be what it learnt")
     model = make_model(model_settings(cfg), dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_views,
                        load_pretrained=state is None)

@@ -120,6 +120,24 @@ def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> tu
     return best, result, (time.process_time() - cpu_start) / (wall * torch.get_num_threads())
 
 
+def alternate_steps(steps: dict[str, Callable[[], object]], rounds: int,
+                    device: torch.device) -> tuple[dict[str, list], dict[str, list]]:
+    """Run each named step once per round, alternating, the order reversed every other round, so that
+    every step sees the same machine load; returns each step's wall seconds and this process's CPU
+    seconds per round (CPU time is what other processes on a busy machine disturb least)."""
+    walls = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for round_ in range(rounds):
+        for name in (list(steps) if round_ % 2 == 0 else list(steps)[::-1]):
+            sync(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            steps[name]()
+            sync(device)
+            walls[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return walls, cpu
+
+
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
     """columns: (key, header, format spec); a missing value prints as '-'."""
     cells = [[header for _, header, _ in columns]]

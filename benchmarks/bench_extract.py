@@ -34,7 +34,7 @@ from config import load_config  # noqa: E402
 from model import make_model  # noqa: E402
 from model.checkpoint_meta import describe_model  # noqa: E402
 from processor.stage2 import save_checkpoint  # noqa: E402
-from processor.settings import model_settings  # noqa: E402
+from processor.settings import description_settings, model_settings  # noqa: E402
 
 MODELS = {
     'tiny': ['MODEL.NAME', 'ViT-Tiny-16', 'INPUT.SIZE_TRAIN', '[128, 64]', 'INPUT.SIZE_TEST', '[128, 64]'],
@@ -48,7 +48,7 @@ def build(name: str, output_dir: str = ''):
     cfg = load_config('', COMMON + MODELS[name] + (['OUTPUT_DIR', output_dir] if output_dir else []))
     torch.manual_seed(0)
     model = make_model(model_settings(cfg), 2099, 15, 2, load_pretrained=False).eval()
-    model.reid_meta = describe_model(cfg, model)
+    model.reid_meta = describe_model(description_settings(cfg), model)
     return cfg, model
 
 

@@ -16,11 +16,21 @@ initialised CLIP, in the ways the published code and this project run it:
 
 Text features of the first identities are compared with the published-style ones.
 
+--published-repo CHECKOUT adds the published code itself (github.com/sysuchx/SkyGroundReID): its
+build_transformer (CLIP, PromptLearner, TextEncoder), make_optimizer_1stage and SupConLoss on the same
+CLIP weights, stepped as its do_train_stage1 steps, alternating with the trainer's `prompt_step` in this
+process (--rounds rounds, the order swapped every round). Both use the prompt of the published model file,
+'A photo of a X X X X person.', and the same context vectors, so their text features are compared too.
+Its autocast and gradient scaler are CUDA-only, so it runs in fp32 on a CPU; its `.cuda()` calls are made
+no-ops there.
+
 Usage: python benchmarks/bench_stage1.py [--model ViT-B-16 --batch 64 --steps 5 --out bench_stage1.json]
+                                         [--published-repo CHECKOUT --rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -31,8 +41,9 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (attention_path, best_time, describe_machine, machine_info, print_table,  # noqa: E402
-                          write_report)
+from bench_common import (alternate_steps, attention_path, best_time, describe_machine, machine_info,  # noqa: E402
+                          print_table, write_report)
+from published_code import PUBLISHED_REPO_HELP, keep_cuda_calls_on_cpu, published_packages  # noqa: E402
 
 from config import load_config  # noqa: E402
 from model.clip_loader import build_clip  # noqa: E402
@@ -51,6 +62,104 @@ VARIANTS = {  # name: (attention path, truncate at the end-of-text token, text t
     'truncated + tower grads': ('sdpa', True, True, None),
 }
 
+PUBLISHED_PROMPT = 'A photo of a X X X X person.'  # the published PromptLearner's, as its file is committed
+PUBLISHED_STAGE1_FILES = ('model/make_model_clipreid.py', 'model/clip/bpe_simple_vocab_16e6.txt.gz',
+                          'loss/supcontrast.py', 'solver/make_optimizer_prompt.py', 'config/defaults.py')
+
+
+def published_code_available(args) -> str | None:
+    """None when the published stage-1 code can be timed, else why not."""
+    if not args.published_repo:
+        return 'no --published-repo (a checkout of github.com/sysuchx/SkyGroundReID)'
+    if args.model not in ('ViT-B-16', 'RN50'):
+        return f'the published model builds only ViT-B-16 and RN50 (--model {args.model})'
+    missing = [f for f in PUBLISHED_STAGE1_FILES if not (Path(args.published_repo) / f).is_file()]
+    return f"--published-repo '{args.published_repo}' has no {missing[0]}" if missing else None
+
+
+def make_published_stage1(repo: str, model_name: str, num_classes: int, image_feats: torch.Tensor,
+                          labels: torch.Tensor, device: torch.device):
+    """(step, text features of ids) of the published stage 1: its build_transformer on CLIP weights of
+    open_clip's init under seed 0 (`load_clip_to_cpu` is given them instead of downloading OpenAI's),
+    make_optimizer_1stage and SupConLoss; the step is the inner loop of its do_train_stage1 (zero_grad,
+    text features under its autocast, the two SupCon terms, scaled backward and optimizer step, loss.item())."""
+    if device.type != 'cuda':
+        keep_cuda_calls_on_cpu()
+    with published_packages(repo):
+        from config import cfg as published_defaults
+        import model.make_model_clipreid as published_model
+        from loss.supcontrast import SupConLoss
+        from solver.make_optimizer_prompt import make_optimizer_1stage
+
+    def random_clip(backbone_name, h_resolution, w_resolution, stride):
+        torch.manual_seed(0)
+        state = build_clip(backbone_name).state_dict()
+        return published_model.clip.build_model(state, h_resolution, w_resolution, stride)
+
+    published_model.load_clip_to_cpu = random_clip
+    cfg = published_defaults.clone()
+    cfg.merge_from_list(['MODEL.NAME', model_name, 'INPUT.SIZE_TRAIN', [256, 128], 'MODEL.STRIDE_SIZE', [12, 12],
+                         'MODEL.SIE_CAMERA', True, 'MODEL.SIE_VIEW', True, 'SOLVER.STAGE1.BASE_LR', 1e-6,
+                         'SOLVER.STAGE1.WEIGHT_DECAY', 1e-4])
+    with contextlib.redirect_stdout(sys.stderr):  # it prints as it builds
+        model = published_model.make_model(cfg, num_class=num_classes, camera_num=15, view_num=2)
+    model = model.to(device).train()
+    optimizer = make_optimizer_1stage(cfg, model)
+    supcon = SupConLoss(device)
+    # Its amp.GradScaler() and amp.autocast(enabled=True) are CUDA's: off on a CPU, fp16 on a GPU.
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == 'cuda')
+
+    def step():
+        optimizer.zero_grad()
+        with torch.autocast(device.type, enabled=device.type == 'cuda'):
+            text_features = model(label=labels, get_text=True)
+        loss = supcon(image_feats, text_features, labels, labels) + supcon(text_features, image_feats, labels, labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()
+
+    def text_features(ids):
+        with torch.no_grad(), torch.autocast(device.type, enabled=device.type == 'cuda'):
+            return model(label=ids, get_text=True).float()
+
+    return step, text_features, model.prompt_learner.cls_ctx
+
+
+def compare_with_published_code(args, cfg, image_feats, labels, compared_ids, device) -> dict:
+    """The trainer's step and the published code's, alternating in this process, from the same CLIP
+    weights, prompt and context vectors; their text features before the first step are compared."""
+    theirs, their_features, their_ctx = make_published_stage1(args.published_repo, args.model, args.num_classes,
+                                                              image_feats, labels, device)
+    torch.manual_seed(0)
+    model = ReIDModel(build_clip(args.model), args.num_classes, prompt_templates={VIEW: PUBLISHED_PROMPT}).to(device)
+    with torch.no_grad():
+        model.prompt_learners[VIEW].cls_ctx.copy_(their_ctx)
+    dtype = torch.float16 if device.type == 'cuda' else None  # what the published autocast runs
+    optimizer, _, scaler = stage1.stage1_solver(cfg, model, VIEW, device, dtype)
+
+    def ours():
+        return stage1.prompt_step(model, VIEW, optimizer, scaler, image_feats, labels, dtype)
+
+    with torch.no_grad(), autocast(device, dtype):
+        our_feats = torch.cat([model.text_features(VIEW, chunk).float() for chunk in compared_ids.split(args.batch)])
+    published_feats = torch.cat([their_features(chunk) for chunk in compared_ids.split(args.batch)])
+    steps = {'ours': ours, 'published_code': theirs}
+    for step in steps.values():
+        step()  # warm-up
+    walls, cpu = alternate_steps(steps, args.rounds, device)
+    best = {name: min(times) for name, times in walls.items()}
+    best_cpu = {name: min(times) for name, times in cpu.items()}
+    difference = float((our_feats - published_feats).abs().max().cpu())
+    return {'ours_step_s': best['ours'], 'published_code_step_s': best['published_code'],
+            'speedup': best['published_code'] / best['ours'], 'ours_cpu_s': best_cpu['ours'],
+            'published_code_cpu_s': best_cpu['published_code'],
+            'cpu_speedup': best_cpu['published_code'] / best_cpu['ours'],
+            'max_abs_feature_diff': difference,
+            'rel_feature_diff': difference / float(published_feats.abs().max().cpu()),
+            'prompt': PUBLISHED_PROMPT, 'end_of_text_position': model.prompt_learners[VIEW].end_of_text,
+            'precision': 'fp16' if dtype else 'fp32', 'walls': walls, 'cpu': cpu, 'threads': torch.get_num_threads()}
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -62,6 +171,9 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=2, help='timed repeats, the best is kept')
     parser.add_argument('--compare-ids', type=int, default=256, help='identities whose text features are compared')
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument('--published-repo', default='', help=PUBLISHED_REPO_HELP)
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='alternating rounds of the trainer and the published code (--published-repo)')
     parser.add_argument('--out', default='bench_stage1.json')
     args = parser.parse_args(argv)
 
@@ -140,8 +252,27 @@ def main(argv=None):
           "other processes competed)")
     print(f"feature diff: text features of {len(compared_ids)} identities against {rows[0]['variant']} "
           f"(max |feature| {float(reference.abs().max()):.3f})")
-    write_report(args.out, {'args': vars(args), 'steps': steps, 'end_of_text_position': eot, 'machine': info,
-                            'load_average_at_end': os.getloadavg(), 'rows': rows})
+    report = {'args': vars(args), 'steps': steps, 'end_of_text_position': eot, 'machine': info, 'rows': rows}
+    published_note = published_code_available(args)
+    if published_note:
+        print(f'The published code is not timed: {published_note}', flush=True)
+    else:
+        paired = report['published_code'] = compare_with_published_code(
+            args, cfg, image_feats, labels, compared_ids, device)
+        print(f"The published code itself ({args.published_repo}), alternating with the trainer's step in this "
+              f"process, {args.rounds} rounds, prompt '{paired['prompt']}', {paired['precision']}:")
+        print_table([{'step': "the trainer's prompt_step", 'wall_ms': paired['ours_step_s'] * 1e3,
+                      'cpu_ms': paired['ours_cpu_s'] * 1e3, 'x_wall': paired['speedup'],
+                      'x_cpu': paired['cpu_speedup']},
+                     {'step': "the published do_train_stage1 step", 'wall_ms': paired['published_code_step_s'] * 1e3,
+                      'cpu_ms': paired['published_code_cpu_s'] * 1e3, 'x_wall': 1.0, 'x_cpu': 1.0}],
+                    [('step', 'step', ''), ('wall_ms', 'wall ms', '.0f'), ('cpu_ms', 'CPU ms', '.0f'),
+                     ('x_wall', 'x published (wall)', '.2f'), ('x_cpu', 'x published (CPU)', '.2f')])
+        print(f"wall and CPU ms: the fastest round of each; text features of {len(compared_ids)} identities before "
+              f"the first step: max |diff| {paired['max_abs_feature_diff']:.1e} "
+              f"({paired['rel_feature_diff']:.1e} of the largest)")
+    report['load_average_at_end'] = os.getloadavg()
+    write_report(args.out, report)
 
 
 if __name__ == '__main__':

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (attention_path, describe_machine, machine_info, print_table,  # noqa: E402
+from bench_common import (alternate_steps, attention_path, describe_machine, machine_info, print_table,  # noqa: E402
                           run_worker, sync, write_report)
-from published_code import CLIPREID_REPO_HELP, published_packages  # noqa: E402
+from published_code import CLIPREID_REPO_HELP, keep_cuda_calls_on_cpu, published_packages  # noqa: E402
 
 from loss.make_loss import Stage2Criterion  # noqa: E402
 from model.clip_loader import RESNET_FAMILY, build_clip, image_tower_family  # noqa: E402
@@ -181,20 +181,6 @@ def make_step(spec: dict):
     return step, variant, device
 
 
-def keep_cuda_calls_on_cpu():
-    """CLIP-ReID's code moves its model and tensors with `.to("cuda")` and the tensor method `cuda` (its loss every step);
-    without a GPU those calls leave them where they are, for the rest of this worker process."""
-    module_to = torch.nn.Module.to
-
-    def module_to_unless_cuda(self, *args, **kwargs):
-        if args and str(args[0]).startswith('cuda'):
-            return self
-        return module_to(self, *args, **kwargs)
-
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.to = module_to_unless_cuda
-
-
 def make_clipreid_step(spec: dict, device: torch.device):
     """CLIP-ReID's model (`build_transformer`), `make_loss` and `make_optimizer_2stage` on the same random
     CLIP weights (open_clip's init under seed 0, the other variants' too) and batch; the step is
@@ -294,16 +280,7 @@ def paired_worker(spec: dict) -> dict:
     steps = {'ours': ours, 'clipreid_code': theirs}
     for step in steps.values():
         step()  # warm-up
-    walls = {name: [] for name in steps}
-    cpu = {name: [] for name in steps}
-    for round_ in range(spec['steps']):
-        for name in (list(steps) if round_ % 2 == 0 else list(steps)[::-1]):
-            sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            steps[name]()
-            sync(device)
-            walls[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
+    walls, cpu = alternate_steps(steps, spec['steps'], device)
     best = {name: min(times) for name, times in walls.items()}
     best_cpu = {name: min(times) for name, times in cpu.items()}
     return {'ours_step_s': best['ours'], 'clipreid_code_step_s': best['clipreid_code'],

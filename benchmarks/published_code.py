@@ -81,6 +81,23 @@ def published_packages(repo: str | Path):
         sys.modules.update(saved)
 
 
+def keep_cuda_calls_on_cpu() -> None:
+    """The published code moves its model and tensors with `.to("cuda")` and the tensor method `cuda` (at
+    build time, and CLIP-ReID's loss every step); without a GPU those calls leave them where they are, for
+    the rest of the calling process (a benchmark's worker)."""
+    import torch
+
+    module_to = torch.nn.Module.to
+
+    def module_to_unless_cuda(self, *args, **kwargs):
+        if args and str(args[0]).startswith('cuda'):
+            return self
+        return module_to(self, *args, **kwargs)
+
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.to = module_to_unless_cuda
+
+
 class PublishedEvaluator:
     """The published MSP test path after feature extraction (`utils/metrics.py`): L2 normalisation,
     `euclidean_distance`, `eval_func` with `cfg.TEST.EVAL_MODE` set to the mode. `eval_func` prints a

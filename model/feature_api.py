@@ -37,7 +37,7 @@ from yacs.config import CfgNode
 
 from datasets.bases import read_image
 from datasets.transforms import build_transforms
-from model.checkpoint_meta import (UNKNOWN_VIEW, check_meta, interpolation_mode, meta_from_config)
+from model.checkpoint_meta import (UNKNOWN_VIEW, check_meta, interpolation_mode, meta_from_settings)
 from model.clip_loader import build_clip
 from model.make_model_clipreid import ReIDModel
 from model.published_format import from_published, is_published_layout, strip_data_parallel
@@ -82,8 +82,9 @@ def read_checkpoint(path: str, config_file: str = '', opts: Sequence[str] = ()) 
                         f"pass a stage-2 checkpoint (MODEL.NAME_<epoch>.pth) or a resume.pth")
     if meta is not None:
         return state, check_meta(meta, what)
+    from processor.settings import description_settings  # the config boundary, above this room
     cfg = config_for_legacy(stored_config, config_file, opts, what)
-    return state, meta_from_config(cfg, state, what)
+    return state, meta_from_settings(description_settings(cfg), state, what)
 
 
 def config_for_legacy(stored_config, config_file: str, opts: Sequence[str], what: str) -> CfgNode:

@@ -1,5 +1,6 @@
 """What train_clipreid.py and test_clipreid.py share: arguments, config, output folder, logger, device."""
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -93,7 +94,9 @@ class Run:
         datasets = {'train': (cfg.DATASETS.NAMES, self.dataset)}
         datasets.update({f'test_{test_set.label}': (test_set.name, test_set.dataset)
                          for test_set in self.test_sets if test_set.label})
-        self.manifest = RunManifest(cfg, kind, self.device, datasets, args.argv, started=started)
+        self.manifest = RunManifest(cfg.OUTPUT_DIR, json.loads(json.dumps(cfg)),  # CfgNode -> plain dicts and lists
+                                    cfg.SOLVER.SEED, cfg.SOLVER.DETERMINISTIC, kind, self.device, datasets,
+                                    args.argv, started=started)
         if cfg.LOG.TENSORBOARD and distributed.is_main():
             tensorboard.open_writer(cfg.OUTPUT_DIR)
             self.tensorboard_dir = tensorboard.tensorboard_dir(cfg.OUTPUT_DIR)

@@ -1,5 +1,6 @@
 """The config boundary: the explicit settings the rooms below processor/ take, read from the YACS config."""
 from datasets.make_dataloader import LoaderSettings
+from model.checkpoint_meta import DescriptionSettings
 from model.make_model_clipreid import ModelSettings
 from reporting.visualize import ReportSettings
 from utils.vocabulary import PROMPT_TEMPLATE_KEYS
@@ -11,6 +12,12 @@ def model_settings(cfg) -> ModelSettings:
         stride=tuple(cfg.MODEL.STRIDE_SIZE), sie_camera=cfg.MODEL.SIE_CAMERA, sie_view=cfg.MODEL.SIE_VIEW,
         sie_coe=cfg.MODEL.SIE_COE, neck_feat=cfg.TEST.NECK_FEAT,
         prompt_templates={view: getattr(cfg.MODEL, key) for view, key in PROMPT_TEMPLATE_KEYS.items()})
+
+
+def description_settings(cfg) -> DescriptionSettings:
+    return DescriptionSettings(
+        model=model_settings(cfg), dataset=cfg.DATASETS.NAMES, size_test=tuple(cfg.INPUT.SIZE_TEST),
+        pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN), pixel_std=tuple(cfg.INPUT.PIXEL_STD))
 
 
 def loader_settings(cfg) -> LoaderSettings:

@@ -18,6 +18,7 @@ from loss.make_loss import Stage2Criterion
 from model.checkpoint_meta import describe_model
 from processor import resume as training_state
 from processor.accumulation import accumulated_step, check_sub_batches
+from processor.settings import description_settings
 from reporting.metrics_log import log_evaluation, report
 from solver.make_optimizer import make_optimizer_stage2
 from solver.scheduler import WarmupMultiStepLR, begin_epoch, current_lr
@@ -44,7 +45,7 @@ def save_checkpoint(cfg, model, epoch: int) -> str:
     path = checkpoint_path(cfg, epoch)
     if distributed.is_main():
         atomic_io.torch_save({'model': model.image_state_dict(), 'epoch': epoch, 'config': cfg.dump(),
-                              'meta': describe_model(cfg, model)}, path)
+                              'meta': describe_model(description_settings(cfg), model)}, path)
         training_state.prune_checkpoints(cfg.OUTPUT_DIR, cfg.MODEL.NAME, cfg.SOLVER.KEEP_CHECKPOINTS, epoch)
     return path
 
@@ -220,7 +221,7 @@ def train_stage2(cfg, model, text_features: dict, train_loader, num_classes: int
             log_evaluation(cfg.OUTPUT_DIR, record['eval'], epoch=epoch)
         history.append(record)
         path = training_state.save_resume_state(cfg, model, optimizer, scheduler, scaler, epoch, text_features,
-                                            history, last_checkpoint, device, meta=describe_model(cfg, model))
+                                            history, last_checkpoint, device, meta=describe_model(description_settings(cfg), model))
         resumable = f"{path} holds the state after epoch {epoch}"
     if bar is not None:
         bar.close()

@@ -116,10 +116,13 @@ class RunManifest:
     """The manifest of one run: `stage(name)` times a stage, `finish(status)` closes it. Only the main
     process writes; on the others every method does nothing. Nothing is written before the first stage."""
 
-    def __init__(self, cfg, kind: str, device: torch.device, datasets: dict, argv: list, started: float):
-        """`kind`: 'train' or 'test'; `datasets`: {role: (DATASETS name, dataset)}, e.g. {'train': ('mssl',
-        dataset)}; `started`: time.monotonic() when the run began (the time until now is its set-up)."""
-        self.output_dir = cfg.OUTPUT_DIR
+    def __init__(self, output_dir: str, config: dict, seed: int, deterministic: bool, kind: str,
+                 device: torch.device, datasets: dict, argv: list, started: float):
+        """`config`: the run's whole config as plain dicts and lists (recorded as it is); `seed` and
+        `deterministic`: SOLVER.SEED and SOLVER.DETERMINISTIC; `kind`: 'train' or 'test'; `datasets`:
+        {role: (DATASETS name, dataset)}, e.g. {'train': ('mssl', dataset)}; `started`: time.monotonic()
+        when the run began (the time until now is its set-up)."""
+        self.output_dir = output_dir
         self.device = device
         self.active = distributed.is_main()
         self.written = False
@@ -131,8 +134,7 @@ class RunManifest:
             'format': FORMAT, 'run': kind, 'argv': list(argv), 'status': RUNNING, 'started': _now(), 'ended': None,
             'git': git_state(), 'python': platform.python_version(), 'packages': package_versions(),
             'device': {**describe_device(device), 'processes': distributed.world_size()},
-            'seed': cfg.SOLVER.SEED, 'deterministic': cfg.SOLVER.DETERMINISTIC,
-            'config': json.loads(json.dumps(cfg)),  # CfgNode -> plain dicts and lists
+            'seed': seed, 'deterministic': deterministic, 'config': config,
             'datasets': {role: dataset_fingerprint(name, dataset) for role, (name, dataset) in datasets.items()},
             'resumed_from_epoch': None,
             'wall_time_s': {'setup': round(time.monotonic() - started, 2)}, 'peak_memory_mib': {},

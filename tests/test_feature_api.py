@@ -20,7 +20,7 @@ from solver.scheduler import WarmupMultiStepLR
 from tests.helpers import tiny_opts
 from processor import resume as training_state
 from utils.errors import UserError
-from processor.settings import loader_settings, model_settings
+from processor.settings import description_settings, loader_settings, model_settings
 
 CPU = torch.device('cpu')
 
@@ -159,8 +159,8 @@ def test_resume_state_describes_its_model_too(tiny_checkpoint, tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = WarmupMultiStepLR(optimizer, milestones=[2])
     resume = training_state.save_resume_state(cfg, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
-                                          1, {}, [], path, CPU, meta=describe_model(cfg, model))
-    assert torch.load(resume, weights_only=True)['meta'] == describe_model(cfg, model)
+                                          1, {}, [], path, CPU, meta=describe_model(description_settings(cfg), model))
+    assert torch.load(resume, weights_only=True)['meta'] == describe_model(description_settings(cfg), model)
     paths = [p for p, *_ in dataset.query[:2]]
     from_resume = FeatureExtractor(load_reid_model(resume, device='cpu'))(paths, views=[1, 0])
     from_weights = FeatureExtractor(load_reid_model(path, device='cpu'))(paths, views=[1, 0])
@@ -184,8 +184,8 @@ def test_testing_with_other_preprocessing_than_trained_is_logged(tiny_checkpoint
     from model.checkpoint_meta import config_differences
     cfg, dataset, _, path = tiny_checkpoint
     meta = torch.load(path, weights_only=True)['meta']
-    assert config_differences(meta, cfg) == []
-    assert config_differences(None, cfg) == []
+    assert config_differences(meta, description_settings(cfg)) == []
+    assert config_differences(None, description_settings(cfg)) == []
     other = load_config('', tiny_opts(os.path.dirname(os.path.dirname(dataset.query[0][0])), cfg.OUTPUT_DIR,
                                       'INPUT.PIXEL_MEAN', '[0.4, 0.4, 0.4]'))
-    assert [d.split()[0] for d in config_differences(meta, other)] == ['INPUT.PIXEL_MEAN']
+    assert [d.split()[0] for d in config_differences(meta, description_settings(other))] == ['INPUT.PIXEL_MEAN']

@@ -97,6 +97,20 @@ def test_train_step_benchmark_says_why_clipreid_code_is_not_timed(tmp_path):
     assert 'builds only RN50 and ViT-B-16' in available(SimpleNamespace(clipreid_repo=str(tmp_path), model='RN-Tiny'))
     assert 'has no model/make_model_clipreid.py' in available(SimpleNamespace(clipreid_repo=str(tmp_path), model='RN50'))
 
+def test_stage1_benchmark_says_why_the_published_code_is_not_timed(tmp_path):
+    from types import SimpleNamespace
+    bench_stage1 = _tool('bench_stage1')
+    available = bench_stage1.published_code_available
+    assert 'no --published-repo' in available(SimpleNamespace(published_repo='', model='ViT-B-16'))
+    assert 'builds only ViT-B-16 and RN50' in available(SimpleNamespace(published_repo=str(tmp_path), model='ViT-Tiny-16'))
+    assert 'has no model/make_model_clipreid.py' in available(SimpleNamespace(published_repo=str(tmp_path),
+                                                                               model='ViT-B-16'))
+    for relative in bench_stage1.PUBLISHED_STAGE1_FILES:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text('')
+    assert available(SimpleNamespace(published_repo=str(tmp_path), model='ViT-B-16')) is None
+
+
 # The published evaluator's rules on distances that differ from ours in the last bits, as a GPU's matmul
 # makes them (here 1e-5 apart, more than the ~1e-7 of float32 rounding, so that near-ties matter at this
 # small size): equal metrics need the same distances, not the same features.
