@@ -12,8 +12,8 @@ seeded weights and batch; the forward features of the first step are compared wi
   +bf16 / +fp16    autocast (SOLVER.AMP)
   +compile         torch.compile of the model (SOLVER.COMPILE)
   +channels_last   model and images in channels-last memory format
-  +per-param-groups  the published optimizer layout: one Adam group per parameter, no fused kernel
-                   (the framework's make_optimizer_stage2 builds two groups with a fused kernel)
+  +per-param-groups  the published optimizer layout: one Adam group per parameter
+                   (the framework's make_optimizer_stage2 builds two groups, stepped by foreach Adam)
   clipreid-code    CLIP-ReID's own model, loss and optimizer code (model/make_model_clipreid.py,
                    loss/make_loss.py, solver/make_optimizer_prompt.py of a checkout given with
                    --clipreid-repo; RN50 and ViT-B-16 only), its stage-2 step as do_train_stage2 runs
