@@ -21,8 +21,8 @@ build_transformer (CLIP, PromptLearner, TextEncoder), make_optimizer_1stage and 
 CLIP weights, stepped as its do_train_stage1 steps, alternating with the trainer's `prompt_step` in this
 process (--rounds rounds, the order swapped every round). Both use the prompt of the published model file,
 'A photo of a X X X X person.', and the same context vectors, so their text features are compared too.
-Its autocast and gradient scaler are CUDA-only, so it runs in fp32 on a CPU; its `.cuda()` calls are made
-no-ops there.
+Its autocast and gradient scaler are CUDA-only, so it runs in fp32 on a CPU; its calls of the tensor
+method `cuda` are made no-ops there.
 
 Usage: python benchmarks/bench_stage1.py [--model ViT-B-16 --batch 64 --steps 5 --out bench_stage1.json]
                                          [--published-repo CHECKOUT --rounds 5]
