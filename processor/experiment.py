@@ -21,11 +21,11 @@ from pathlib import Path
 from yacs.config import CfgNode
 
 from config import load_config
+from processor.resume import resume_path
 from processor.test_sets import labelled_test_datasets, results_folder, results_key
 from reporting.manifest import FINISHED, flatten, read_manifest
 from reporting.summary import write_summary
 from utils import atomic_io
-from processor.resume import resume_path
 from utils.checkpoint import load_checkpoint_file
 from utils.errors import UserError
 from utils.vocabulary import EXPERIMENT_FILE, METRIC_KEYS, TEST_LOG, TRAIN_LOG, seed_folder

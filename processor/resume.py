@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
+from reporting.manifest import flatten
 from utils import atomic_io, distributed
 from utils.checkpoint import DamagedFile, first_line, load_weights_only, other_checkpoints
 from utils.errors import UserError
@@ -170,23 +171,12 @@ def _earlier_state(damaged: str) -> str:
             f"SOLVER.RESUME '' to start afresh{other_checkpoints(damaged)}")
 
 
-def _flatten(node: CfgNode, prefix: str = '') -> dict:
-    flat = {}
-    for name, value in node.items():
-        key = f'{prefix}{name}'
-        if isinstance(value, CfgNode):
-            flat.update(_flatten(value, key + '.'))
-        else:
-            flat[key] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
 def _check_config(cfg, state: dict, what: str, logger) -> None:
     try:
-        saved = _flatten(CfgNode.load_cfg(state.get('config', '')))
+        saved = flatten(CfgNode.load_cfg(state.get('config', '')))
     except Exception:
         return
-    now = _flatten(cfg)
+    now = flatten(cfg)
     for key in _FIXED_ON_RESUME:
         if key in saved and saved[key] != now.get(key):
             raise UserError(f"{what} was trained with {key} {saved[key]!r}, this run has {now.get(key)!r}; "

@@ -174,9 +174,10 @@ class RunManifest:
 
 
 def flatten(node, prefix: str = '') -> dict:
-    """{'a.b.c': leaf} of nested dicts; lists are leaves."""
+    """{'a.b.c': leaf} of nested dicts (a CfgNode too); lists are leaves, tuples become lists (as in JSON
+    and YAML, so that a config compares equal to its saved copy)."""
     if not isinstance(node, dict):
-        return {prefix: node}
+        return {prefix: list(node) if isinstance(node, tuple) else node}
     flat = {}
     for key, value in node.items():
         flat.update(flatten(value, f'{prefix}.{key}' if prefix else str(key)))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
+import statistics
 
 from reporting.visualize import plot_seed_summary
 from utils import atomic_io
@@ -21,11 +21,10 @@ from utils.vocabulary import METRIC_KEYS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_PLO
 METRIC_NAMES = {'mAP': 'mAP', 'rank1': 'R1', 'rank5': 'R5', 'rank10': 'R10', 'mINP': 'mINP'}
 
 
-def statistics(values: list[float]) -> dict:
+def seed_statistics(values: list[float]) -> dict:
     n = len(values)
-    mean = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {'mean': mean, 'std': std, 'min': min(values), 'max': max(values), 'n': n}
+    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if n > 1 else None,
+            'min': min(values), 'max': max(values), 'n': n}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -37,7 +36,7 @@ def summarize(runs: list[dict]) -> dict:
             for metric in METRIC_KEYS:
                 if metrics.get(metric) is not None:
                     values.setdefault(key, {}).setdefault(metric, []).append(float(metrics[metric]))
-    return {key: {metric: statistics(vs) for metric, vs in by_metric.items()} for key, by_metric in values.items()}
+    return {key: {metric: seed_statistics(vs) for metric, vs in by_metric.items()} for key, by_metric in values.items()}
 
 
 def _percent(value) -> str:
